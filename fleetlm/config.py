@@ -1,0 +1,47 @@
+"""One validated dataclass per component. Unknown keys are errors, never ignored."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+
+def _from_dict(cls, values: dict):
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"Unknown {cls.__name__} key(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    return cls(**values)
+
+
+@dataclass(kw_only=True)
+class EngineConfig:
+    model: str = "gemma-3-270m"  # embedded default id, or a local Hugging Face-format folder
+    dtype: str = "auto"  # auto: bf16 on CUDA or a CPU with AVX-512 BF16 / AMX, else fp32
+    device: str = "auto"  # auto: cuda if available, else cpu
+    max_model_len: int | None = None  # tokens per sequence; default min(model limit, 8192)
+    block_size: int = 16  # tokens per KV-cache block
+    kv_cache_memory_gb: float = 2.0  # KV-cache size when num_kv_blocks is not given
+    num_kv_blocks: int | None = None  # exact number of KV blocks (tests use it to force preemption)
+    max_num_seqs: int = 64  # sequences running at once
+    max_num_batched_tokens: int = 512  # token budget per step (prompt chunks + decodes)
+    enable_prefix_caching: bool = True
+    seed: int = 0  # RNG seed for requests without their own seed
+    cache_dir: str | None = None  # where the embedded model is unpacked; default ~/.cache/fleetlm
+    num_threads: int | None = None  # torch intra-op threads on CPU; None keeps torch's default
+
+    def __post_init__(self):
+        positive = ["block_size", "max_num_seqs", "max_num_batched_tokens"]
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ValueError(f"EngineConfig.{name} must be >= 1, got {getattr(self, name)}")
+        for name in ["max_model_len", "num_kv_blocks", "num_threads"]:
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"EngineConfig.{name} must be >= 1 or None, got {value}")
+        if self.kv_cache_memory_gb <= 0:
+            raise ValueError("EngineConfig.kv_cache_memory_gb must be > 0")
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "EngineConfig":
+        return _from_dict(cls, values)

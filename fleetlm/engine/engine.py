@@ -1,0 +1,206 @@
+"""`LLMEngine`: the synchronous core. `step()` is schedule -> run -> update.
+
+Contract: the engine knows nothing about HTTP or threads. `make_request` validates and
+tokenizes (pure, safe from any thread) and raises typed errors before anything is queued;
+`add` queues a validated request; `step` advances every running sequence by one scheduled
+chunk and returns the outputs of the requests it touched; `abort` frees a request's KV
+blocks at once. `AsyncLLM` (async_engine.py) runs this core on a thread.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from fleetlm.config import EngineConfig
+from fleetlm.engine.detokenizer import IncrementalDetokenizer
+from fleetlm.engine.errors import InvalidRequestError, PromptTooLongError
+from fleetlm.engine.kv_cache import KVCacheManager
+from fleetlm.engine.loader import load_model
+from fleetlm.engine.model_runner import ModelRunner, kv_bytes_per_block
+from fleetlm.engine.outputs import CompletionOutput, RequestMetrics, RequestOutput
+from fleetlm.engine.sampling import sample
+from fleetlm.engine.sampling_params import SamplingParams
+from fleetlm.engine.scheduler import Scheduler
+from fleetlm.engine.sequence import Sequence
+
+
+@dataclass(eq=False)
+class Request:
+    request_id: str
+    prompt: str | None
+    prompt_ids: list[int]
+    params: SamplingParams
+    max_tokens: int  # params.max_tokens clamped to the context left after the prompt
+    seqs: list[Sequence] = field(default_factory=list)
+    detoks: list[IncrementalDetokenizer] = field(default_factory=list)
+    arrival_time: float = field(default_factory=time.monotonic)
+    finished_time: float | None = None
+
+    @property
+    def finished(self) -> bool:
+        return all(s.finished for s in self.seqs)
+
+
+class LLMEngine:
+    def __init__(self, config: EngineConfig):
+        from fleetlm.models.embedded import resolve_model_path
+
+        self.config = config
+        if config.num_threads:
+            torch.set_num_threads(config.num_threads)
+        path = resolve_model_path(config.model, cache_dir=config.cache_dir)
+        self.loaded = load_model(path, dtype=config.dtype, device=config.device,
+                                 max_model_len=config.max_model_len)
+        self.tokenizer = self.loaded.tokenizer
+        self._fast_tok = getattr(self.tokenizer, "backend_tokenizer", None) or self.tokenizer._tokenizer
+        self.max_model_len = self.loaded.max_model_len
+        self.vocab_size = self.loaded.hf_config.vocab_size
+        bs = config.block_size
+        per_block = kv_bytes_per_block(self.loaded.model, bs, self.loaded.dtype)
+        # never more blocks than max_num_seqs full-length sequences could use
+        cap = config.max_num_seqs * -(-self.max_model_len // bs)
+        num_blocks = config.num_kv_blocks or min(cap, int(config.kv_cache_memory_gb * 2**30 // per_block))
+        if num_blocks * bs < self.max_model_len:
+            raise ValueError(f"KV cache of {num_blocks} blocks x {bs} tokens cannot hold one "
+                             f"{self.max_model_len}-token sequence; raise kv_cache_memory_gb")
+        self.kv = KVCacheManager(num_blocks=num_blocks, block_size=bs,
+                                 enable_prefix_caching=config.enable_prefix_caching)
+        self.scheduler = Scheduler(self.kv, max_num_seqs=config.max_num_seqs,
+                                   max_num_batched_tokens=config.max_num_batched_tokens)
+        self.runner = ModelRunner(self.loaded.model, num_blocks=num_blocks, block_size=bs,
+                                  dtype=self.loaded.dtype, device=self.loaded.device)
+        self.gen = torch.Generator(device=self.loaded.device).manual_seed(config.seed)
+        self.requests: dict[str, Request] = {}
+        self._seq_ids = itertools.count()
+        self._req_ids = itertools.count()
+
+    # ---- requests --------------------------------------------------------------------
+    def make_request(self, prompt: str | list[int], params: SamplingParams | None = None, *,
+                     request_id: str | None = None) -> Request:
+        """Validate and tokenize; raises InvalidRequestError / PromptTooLongError."""
+        params = params or SamplingParams()
+        if not isinstance(params, SamplingParams):
+            raise InvalidRequestError("params must be a SamplingParams", param="sampling_params")
+        text = prompt if isinstance(prompt, str) else None
+        if text is not None:
+            if not text:
+                raise InvalidRequestError("prompt must not be empty", param="prompt")
+            ids = self.tokenizer(text).input_ids
+        else:
+            ids = [int(t) for t in prompt]
+            bad = [t for t in ids if not 0 <= t < self.vocab_size]
+            if bad:
+                raise InvalidRequestError(f"token id {bad[0]} is outside the vocabulary "
+                                          f"[0, {self.vocab_size})", param="prompt")
+        if not ids:
+            raise InvalidRequestError("prompt must not be empty", param="prompt")
+        if len(ids) >= self.max_model_len:
+            raise PromptTooLongError(len(ids), self.max_model_len)
+        room = self.max_model_len - len(ids)
+        max_tokens = room if params.max_tokens is None else min(params.max_tokens, room)
+        rid = request_id if request_id is not None else f"req-{next(self._req_ids)}"
+        return Request(rid, text, ids, params, max_tokens)
+
+    def add(self, req: Request) -> None:
+        """Queue a validated request: one sequence per completion (n), siblings after the first."""
+        if req.request_id in self.requests:
+            raise InvalidRequestError(f"duplicate request id {req.request_id!r}", param="request_id")
+        p = req.params
+        for i in range(p.n):
+            gen = None
+            if p.seed is not None:
+                gen = torch.Generator(device=self.loaded.device).manual_seed(p.seed * 1_000_003 + i)
+            seq = Sequence(next(self._seq_ids), req.request_id, i, list(req.prompt_ids), len(req.prompt_ids),
+                           p, generator=gen, wait_for=req.seqs[0] if i else None,
+                           arrival_time=req.arrival_time)
+            req.seqs.append(seq)
+            req.detoks.append(IncrementalDetokenizer(
+                self._fast_tok, req.prompt_ids, skip_special_tokens=p.skip_special_tokens,
+                stop=p.stop, include_stop=p.include_stop_str_in_output))
+            self.scheduler.add(seq)
+        self.requests[req.request_id] = req
+
+    def add_request(self, request_id: str, prompt: str | list[int], params: SamplingParams | None = None) -> None:
+        self.add(self.make_request(prompt, params, request_id=request_id))
+
+    def abort(self, request_id: str) -> RequestOutput | None:
+        """Stop a request now and free all its KV blocks; returns its final output."""
+        req = self.requests.pop(request_id, None)
+        if req is None:
+            return None
+        for seq in req.seqs:
+            if not seq.finished:
+                self.scheduler.finish(seq, "abort")
+        req.finished_time = time.monotonic()
+        return self._output(req)
+
+    def has_unfinished_requests(self) -> bool:
+        return bool(self.requests)
+
+    # ---- the step --------------------------------------------------------------------
+    def step(self) -> list[RequestOutput]:
+        sched = self.scheduler.schedule()
+        if not sched:
+            return []
+        logits, sampling_seqs = self.runner.execute(sched)
+        tokens, logprobs = sample(logits, sampling_seqs, self.gen) if sampling_seqs else ([], [])
+        return self._update(sched, sampling_seqs, tokens, logprobs)
+
+    def _update(self, sched, sampling_seqs, tokens, logprobs) -> list[RequestOutput]:
+        for seq, n in zip(sched.seqs, sched.num_new_tokens):
+            seq.num_computed_tokens += n
+            self.kv.cache_computed_blocks(seq)
+            if seq.num_computed_tokens >= seq.prompt_len:
+                seq.prompt_computed = True
+        now = time.monotonic()
+        touched: dict[str, Request] = {}
+        for seq, tok, lp in zip(sampling_seqs, tokens, logprobs):
+            req = self.requests[seq.request_id]
+            seq.token_ids.append(tok)
+            if seq.first_token_time is None:
+                seq.first_token_time = now
+            if lp is not None:
+                seq.logprobs.append(lp)
+            stop_str = req.detoks[seq.index].add(tok)
+            reason = self._finish_reason(seq, req, tok, stop_str)
+            if reason is not None:
+                self.scheduler.finish(seq, reason)
+            touched[req.request_id] = req
+        outputs = []
+        for req in touched.values():
+            if req.finished:
+                req.finished_time = now
+                del self.requests[req.request_id]
+            outputs.append(self._output(req))
+        return outputs
+
+    def _finish_reason(self, seq: Sequence, req: Request, tok: int, stop_str: str | None) -> str | None:
+        p = seq.params
+        if not p.ignore_eos and tok in self.loaded.eos_token_ids:
+            seq.stop_reason = None
+            return "stop"
+        if tok in p.stop_token_ids:
+            seq.stop_reason = tok
+            return "stop"
+        if stop_str is not None:
+            seq.stop_reason = stop_str
+            return "stop"
+        if seq.num_output_tokens >= req.max_tokens or seq.num_tokens >= self.max_model_len:
+            return "length"
+        return None
+
+    def _output(self, req: Request) -> RequestOutput:
+        outs = []
+        for seq, detok in zip(req.seqs, req.detoks):
+            outs.append(CompletionOutput(
+                index=seq.index, text=detok.visible_text(seq.finished), token_ids=seq.output_ids,
+                finish_reason=seq.finish_reason, stop_reason=seq.stop_reason,
+                logprobs=list(seq.logprobs) if seq.params.logprobs is not None else None))
+        first = [s.first_token_time for s in req.seqs if s.first_token_time is not None]
+        metrics = RequestMetrics(req.arrival_time, min(first) if first else None, req.finished_time)
+        return RequestOutput(req.request_id, req.prompt, req.prompt_ids, outs, req.finished,
+                             num_cached_tokens=req.seqs[0].num_cached_prompt_tokens, metrics=metrics)

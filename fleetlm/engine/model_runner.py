@@ -1,0 +1,105 @@
+"""Batch tensors in, logits out. Owns the KV-cache tensors (one (k, v) pair per layer,
+each (num_blocks, block_size, num_kv_heads, head_dim)).
+
+`prepare_inputs` is the only per-batch Python loop of a step: it flattens the scheduled
+sequences into one ragged token batch (no padding) and builds the attention metadata.
+Logits are computed only at the rows that sample this step — with a 262k-token vocabulary
+the LM head costs more than the rest of the model, so prompt positions must not pay it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from fleetlm.engine.attention import AttentionMetadata, ChunkRow, DecodeRows, kv_context_mask
+from fleetlm.engine.scheduler import SchedulerOutput
+from fleetlm.engine.sequence import Sequence
+
+
+@dataclass
+class ModelInputs:
+    input_ids: torch.Tensor  # (T,) int64
+    positions: torch.Tensor  # (T,) int64
+    meta: AttentionMetadata
+    logit_rows: torch.Tensor  # (N,) int64, rows of the flat batch whose next token is sampled
+    sampling_seqs: list[Sequence]  # (N,) the sequences those rows belong to
+
+
+def kv_bytes_per_block(model: torch.nn.Module, block_size: int, dtype: torch.dtype) -> int:
+    layers, n_kv, head_dim = model.kv_shape
+    return 2 * layers * block_size * n_kv * head_dim * torch.empty((), dtype=dtype).element_size()
+
+
+class ModelRunner:
+    def __init__(self, model: torch.nn.Module, *, num_blocks: int, block_size: int,
+                 dtype: torch.dtype, device: torch.device):
+        self.model = model
+        self.block_size = block_size
+        self.device = device
+        self.windows = model.windows  # layer type -> sliding window or None
+        layers, n_kv, head_dim = model.kv_shape
+        shape = (num_blocks, block_size, n_kv, head_dim)
+        self.caches = [(torch.zeros(shape, dtype=dtype, device=device),
+                        torch.zeros(shape, dtype=dtype, device=device)) for _ in range(layers)]
+
+    def prepare_inputs(self, sched: SchedulerOutput) -> ModelInputs:
+        bs, dev = self.block_size, self.device
+        ids: list[int] = []
+        positions: list[int] = []
+        slots: list[int] = []
+        chunks: list[ChunkRow] = []
+        dec_index, dec_tables, dec_pos = [], [], []
+        logit_rows, sampling = [], []
+        for seq, n in zip(sched.seqs, sched.num_new_tokens):
+            start, c = len(ids), seq.num_computed_tokens
+            ids.extend(seq.token_ids[c : c + n])
+            pos = range(c, c + n)
+            positions.extend(pos)
+            table = seq.block_ids
+            slots.extend(table[p // bs] * bs + p % bs for p in pos)
+            if n == 1:
+                dec_index.append(start)
+                dec_tables.append(table[: c // bs + 1])
+                dec_pos.append(c)
+            else:
+                chunks.append(self._chunk_row(start, c, n, table))
+            if c + n == seq.num_tokens:
+                logit_rows.append(start + n - 1)
+                sampling.append(seq)
+        decode = self._decode_rows(dec_index, dec_tables, dec_pos) if dec_index else None
+        as_long = lambda xs: torch.tensor(xs, dtype=torch.long, device=dev)  # noqa: E731
+        meta = AttentionMetadata(slot_mapping=as_long(slots), chunks=chunks, decode=decode)
+        return ModelInputs(as_long(ids), as_long(positions), meta, as_long(logit_rows), sampling)
+
+    def _chunk_row(self, start: int, computed: int, n: int, table: list[int]) -> ChunkRow:
+        q_pos = torch.arange(computed, computed + n, device=self.device)
+        masks = {}
+        for layer_type, window in self.windows.items():
+            if computed == 0 and (window is None or n <= window):
+                masks[layer_type] = None  # plain causal over the chunk itself
+            else:
+                masks[layer_type] = kv_context_mask(q_pos, computed + n, window)
+        nb = -(-(computed + n) // self.block_size)
+        bt = torch.tensor(table[:nb], dtype=torch.long, device=self.device)
+        return ChunkRow(start, start + n, computed, bt, masks)
+
+    def _decode_rows(self, index: list[int], tables: list[list[int]], pos: list[int]) -> DecodeRows:
+        width = max(len(t) for t in tables)
+        padded = [t + [0] * (width - len(t)) for t in tables]
+        q_pos = torch.tensor(pos, device=self.device)
+        masks = {lt: kv_context_mask(q_pos, width * self.block_size, w)[:, None, None, :]
+                 for lt, w in self.windows.items()}
+        return DecodeRows(torch.tensor(index, dtype=torch.long, device=self.device),
+                          torch.tensor(padded, dtype=torch.long, device=self.device), masks)
+
+    @torch.inference_mode()
+    def execute(self, sched: SchedulerOutput) -> tuple[torch.Tensor, list[Sequence]]:
+        """Run one step -> (fp32 logits (N, vocab) of the sampling rows, their sequences)."""
+        inp = self.prepare_inputs(sched)
+        hidden = self.model(inp.input_ids, inp.positions, self.caches, inp.meta)
+        if not inp.sampling_seqs:
+            return hidden.new_empty((0, 0), dtype=torch.float32), []
+        logits = self.model.compute_logits(hidden.index_select(0, inp.logit_rows))
+        return logits, inp.sampling_seqs

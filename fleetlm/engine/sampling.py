@@ -1,0 +1,98 @@
+"""The sampler: per-row parameters applied to a batch of fp32 logits.
+
+Order (as vLLM): raw logprobs (if asked) -> penalties -> greedy argmax, or temperature ->
+min_p / top_k / top_p -> one draw. Draws use the exponential race (argmax p / E, E ~ Exp(1)),
+which samples exactly from p; a seeded sequence draws E from its own generator over a
+batch-independent candidate set, so its text does not depend on its batch neighbours.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from fleetlm.engine.sequence import Sequence
+
+# top_k / top_p / min_p look at this many best tokens first; a row whose nucleus is wider
+# (a very flat distribution) falls back to the whole vocabulary, so the result is exact.
+CANDIDATES = 1024
+
+
+@dataclass
+class TokenLogprob:
+    token_id: int
+    logprob: float
+    rank: int  # 1 = the most likely token
+    top: list[tuple[int, float]]  # (token id, logprob), best first; length = requested k
+
+
+def apply_penalties(logits: torch.Tensor, seqs: list[Sequence]) -> None:
+    """In place. Repetition (HF/CTRL) over prompt + output; presence/frequency (OpenAI) over
+    the output only."""
+    vocab = logits.shape[1]
+    for i, seq in enumerate(seqs):
+        p = seq.params
+        if p.repetition_penalty != 1.0:
+            seen = torch.tensor(seq.token_ids, dtype=torch.long, device=logits.device).unique()
+            vals = logits[i, seen]
+            logits[i, seen] = torch.where(vals > 0, vals / p.repetition_penalty, vals * p.repetition_penalty)
+        if (p.presence_penalty or p.frequency_penalty) and seq.num_output_tokens:
+            out = torch.tensor(seq.output_ids, dtype=torch.long, device=logits.device)
+            counts = torch.bincount(out, minlength=vocab)[:vocab].to(logits.dtype)
+            logits[i] -= p.frequency_penalty * counts + p.presence_penalty * (counts > 0).to(logits.dtype)
+
+
+def _filtered_candidates(probs: torch.Tensor, top_k: int, top_p: float, min_p: float):
+    """probs (V,) -> (candidate probs, candidate token ids) after min_p / top_k / top_p."""
+    k = min(max(top_k, CANDIDATES) if top_k else CANDIDATES, probs.shape[0])
+    vals, idx = probs.topk(k)
+    if top_p < 1.0 and float(vals.sum()) < top_p:
+        vals, idx = probs.sort(descending=True)  # nucleus wider than the candidates: exact path
+    keep = torch.ones_like(vals, dtype=torch.bool)
+    if top_k:
+        keep[top_k:] = False
+    if top_p < 1.0:
+        keep &= (vals.cumsum(0) - vals) < top_p
+    if min_p > 0.0:
+        keep &= vals >= min_p * vals[0]
+    keep[0] = True
+    return vals[keep], idx[keep]
+
+
+def _draw(probs: torch.Tensor, gen: torch.Generator | None) -> int:
+    noise = torch.empty_like(probs).exponential_(generator=gen)
+    return int((probs / noise).argmax())
+
+
+def sample(logits: torch.Tensor, seqs: list[Sequence], gen: torch.Generator) -> tuple[list[int], list]:
+    """logits (N, V) fp32, one row per sequence that samples -> (token ids, logprob entries).
+
+    `gen` serves unseeded rows; seeded rows use their sequence's own generator."""
+    logprob_rows = [i for i, s in enumerate(seqs) if s.params.logprobs is not None]
+    raw_lp = torch.log_softmax(logits[logprob_rows], dim=-1) if logprob_rows else None
+    if any(s.params.repetition_penalty != 1.0 or s.params.presence_penalty or s.params.frequency_penalty
+           for s in seqs):
+        logits = logits.clone()
+        apply_penalties(logits, seqs)
+    tokens = logits.argmax(dim=-1).tolist()  # right for every greedy row
+    for i, seq in enumerate(seqs):
+        p = seq.params
+        if p.greedy:
+            continue
+        probs = torch.softmax(logits[i] / p.temperature, dim=-1)
+        g = seq.generator if seq.generator is not None else gen
+        if p.top_k or p.top_p < 1.0 or p.min_p > 0.0:
+            vals, idx = _filtered_candidates(probs, p.top_k, p.top_p, p.min_p)
+            tokens[i] = int(idx[_draw(vals, g)])
+        else:
+            tokens[i] = _draw(probs, g)
+    entries: list = [None] * len(seqs)
+    for j, i in enumerate(logprob_rows):
+        lp = raw_lp[j]
+        tok = tokens[i]
+        k = seqs[i].params.logprobs
+        top_v, top_i = lp.topk(k) if k else (lp[:0], lp[:0].long())
+        rank = int((lp > lp[tok]).sum()) + 1
+        entries[i] = TokenLogprob(tok, float(lp[tok]), rank, list(zip(top_i.tolist(), top_v.tolist())))
+    return tokens, entries

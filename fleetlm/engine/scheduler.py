@@ -1,0 +1,106 @@
+"""Continuous batching under a per-step token budget.
+
+Each step, every running sequence is owed `num_tokens - num_computed_tokens` tokens: one for
+a decoding sequence, up to the whole remaining prompt for a new one. Running sequences are
+served first (first come, first served), then waiting ones are admitted while the budget,
+the sequence cap and free KV blocks allow. A prompt longer than the remaining budget is
+chunked over several steps, mixed with other sequences' decodes. When blocks run out, the
+most recently admitted running sequence is preempted: its blocks are freed and it is
+recomputed later (its computed blocks usually survive in the prefix cache).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+from fleetlm.engine.kv_cache import KVCacheManager
+from fleetlm.engine.sequence import Sequence, SeqStatus
+
+
+@dataclass
+class SchedulerOutput:
+    seqs: list[Sequence] = field(default_factory=list)
+    num_new_tokens: list[int] = field(default_factory=list)  # per seq, tokens computed this step
+    preempted: list[Sequence] = field(default_factory=list)
+
+    @property
+    def total_tokens(self) -> int:
+        return sum(self.num_new_tokens)
+
+    def __bool__(self) -> bool:
+        return bool(self.seqs)
+
+
+class Scheduler:
+    def __init__(self, kv: KVCacheManager, *, max_num_seqs: int, max_num_batched_tokens: int):
+        self.kv = kv
+        self.max_num_seqs = max_num_seqs
+        self.max_num_batched_tokens = max_num_batched_tokens
+        self.waiting: deque[Sequence] = deque()
+        self.running: list[Sequence] = []
+        self.num_preemptions = 0  # total since start (metrics, tests)
+
+    def add(self, seq: Sequence) -> None:
+        self.waiting.append(seq)
+
+    def has_work(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    def schedule(self) -> SchedulerOutput:
+        out = SchedulerOutput()
+        budget = self.max_num_batched_tokens
+        # 1. running sequences, oldest first; preempt from the back when blocks run out
+        i = 0
+        while i < len(self.running) and budget > 0:
+            seq = self.running[i]
+            n = min(seq.num_tokens - seq.num_computed_tokens, budget)
+            while not self.kv.allocate(seq, seq.num_computed_tokens + n):
+                victim = self.running.pop()
+                self._preempt(victim, out)
+                if victim is seq:
+                    break
+            else:
+                out.seqs.append(seq)
+                out.num_new_tokens.append(n)
+                budget -= n
+                i += 1
+        # 2. admit waiting sequences while budget, sequence cap and blocks allow
+        if out.preempted:
+            return out  # memory is tight: let running sequences drain first
+        for seq in list(self.waiting):
+            if budget <= 0 or len(self.running) >= self.max_num_seqs:
+                break
+            if seq.wait_for is not None and not (seq.wait_for.prompt_computed or seq.wait_for.finished):
+                continue  # a sibling: wait until the shared prompt is in the cache
+            hit = self.kv.lookup_prefix(seq)
+            n = min(seq.num_tokens - len(hit) * self.kv.block_size, budget)
+            if not self.kv.admit(seq, hit, len(hit) * self.kv.block_size + n):
+                break  # no room; FCFS: do not let later, smaller requests overtake
+            if seq.num_preemptions == 0 and seq.num_output_tokens == 0:
+                seq.num_cached_prompt_tokens = seq.num_computed_tokens
+            self.waiting.remove(seq)
+            seq.status = SeqStatus.RUNNING
+            self.running.append(seq)
+            out.seqs.append(seq)
+            out.num_new_tokens.append(n)
+            budget -= n
+        return out
+
+    def _preempt(self, seq: Sequence, out: SchedulerOutput) -> None:
+        self.kv.free_seq(seq)
+        seq.status = SeqStatus.WAITING
+        seq.num_preemptions += 1
+        self.num_preemptions += 1
+        self.waiting.appendleft(seq)
+        out.preempted.append(seq)
+
+    def finish(self, seq: Sequence, reason: str) -> None:
+        """Mark seq finished and free its blocks at once (also used for aborts)."""
+        if seq.status is SeqStatus.RUNNING:
+            self.running.remove(seq)
+        elif seq.status is SeqStatus.WAITING:
+            self.waiting.remove(seq)
+        self.kv.free_seq(seq)
+        seq.status = SeqStatus.FINISHED
+        seq.finish_reason = seq.finish_reason or reason

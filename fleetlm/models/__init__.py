@@ -1,0 +1,1 @@
+"""Weights on disk: the embedded default model, local Hugging Face folders, adapters."""

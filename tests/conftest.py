@@ -1,0 +1,27 @@
+"""Shared fixtures: tiny random-weight models of each supported family, saved as Hugging
+Face folders with a byte-level tokenizer (nanochat's ByteTokenizer idea), so every engine
+test runs on CPU in seconds and is checked against `transformers` on the same weights."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests.tiny_models import FAMILIES, make_tiny_model
+
+
+@pytest.fixture(scope="session", params=sorted(FAMILIES))
+def tiny_family(request, tmp_path_factory):
+    """(family name, folder) for each family; built once per test session."""
+    name = request.param
+    return name, make_tiny_model(name, tmp_path_factory.mktemp(f"tiny-{name}"))
+
+
+@pytest.fixture(scope="session")
+def tiny_gemma(tmp_path_factory):
+    return make_tiny_model("gemma3", tmp_path_factory.mktemp("tiny-gemma3-single"))
+
+
+@pytest.fixture(autouse=True)
+def _deterministic():
+    torch.manual_seed(0)
