@@ -3,7 +3,7 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-PROMPT ?= The capital of France is
+PROMPT ?= The Eiffel Tower is located in the city of
 
 .PHONY: install generate test bench clean
 

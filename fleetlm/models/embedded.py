@@ -250,6 +250,9 @@ def _convert(out: Path) -> None:
     del model
     config.save_pretrained(out)
     _add_legacy_config_keys(out / "config.json")
+    # safetensors creates its file 0600; give it the umask-derived mode of the other files
+    # so a shared cache stays readable.
+    shutil.copymode(out / "config.json", out / "model.safetensors")
 
     tokenizer.chat_template = GEMMA_CHAT_TEMPLATE
     tokenizer.model_max_length = config.max_position_embeddings

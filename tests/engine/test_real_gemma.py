@@ -11,7 +11,7 @@ import torch
 pytestmark = pytest.mark.slow
 
 PROMPTS = [
-    "The capital of France is",
+    "The Eiffel Tower is located in the city of",
     "def fibonacci(n):\n",
     "Once upon a time, in a small village by the sea,",
     "The three primary colors are",
@@ -52,13 +52,13 @@ def test_bf16_engine_speaks_english(gemma_folder):
     from fleetlm import LLM, SamplingParams
 
     llm = LLM("gemma-3-270m", dtype="bfloat16")
-    out = llm.generate("The capital of France is", SamplingParams(max_tokens=8, temperature=0))[0]
+    out = llm.generate("The Eiffel Tower is located in the city of", SamplingParams(max_tokens=8, temperature=0))[0]
     assert "Paris" in out.outputs[0].text
 
 
 def test_fleet_generate_cli_prints_a_completion(gemma_folder):
     run = subprocess.run([sys.executable, "-m", "fleetlm.cli", "generate", "--prompt",
-                          "The capital of France is", "--max-tokens", "8"],
+                          "The Eiffel Tower is located in the city of", "--max-tokens", "8"],
                          capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
     assert "Paris" in run.stdout
