@@ -63,6 +63,24 @@ def cmd_generate(args) -> int:
     return 0
 
 
+def cmd_serve(args) -> int:
+    import os
+
+    from fleetlm.api.server import serve
+    from fleetlm.config import ServerConfig
+
+    engine = _engine_config(args)
+    engine.max_num_seqs = args.max_num_seqs
+    engine.max_num_batched_tokens = args.max_num_batched_tokens
+    server = ServerConfig(host=args.host, port=args.port,
+                          api_key=args.api_key or os.environ.get("FLEETLM_API_KEY") or None,
+                          served_model_name=args.served_model_name,
+                          max_pending_requests=args.max_pending_requests,
+                          enable_embeddings=not args.no_embeddings)
+    serve(engine, server)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fleet", description="fleetlm: inference for compound AI systems")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -75,6 +93,18 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--top-p", type=float, default=1.0)
     g.add_argument("--seed", type=int, default=None)
     g.set_defaults(func=cmd_generate)
+
+    s = sub.add_parser("serve", help="start the OpenAI-compatible server")
+    _engine_args(s)
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--api-key", default=None, help="require this bearer token (or set FLEETLM_API_KEY)")
+    s.add_argument("--served-model-name", default=None)
+    s.add_argument("--max-num-seqs", type=int, default=64)
+    s.add_argument("--max-num-batched-tokens", type=int, default=512)
+    s.add_argument("--max-pending-requests", type=int, default=256)
+    s.add_argument("--no-embeddings", action="store_true", help="do not load all-MiniLM-L6-v2")
+    s.set_defaults(func=cmd_serve)
     return parser
 
 

@@ -45,3 +45,25 @@ class EngineConfig:
     @classmethod
     def from_dict(cls, values: dict) -> "EngineConfig":
         return _from_dict(cls, values)
+
+
+@dataclass(kw_only=True)
+class ServerConfig:
+    host: str = "127.0.0.1"  # loopback by default; pass 0.0.0.0 deliberately to expose it
+    port: int = 8000
+    api_key: str | None = None  # when set, /v1/* needs `Authorization: Bearer <key>`
+    served_model_name: str | None = None  # model id clients use; default: the engine's model id
+    max_pending_requests: int = 256  # generation requests in flight; beyond it: 429 + Retry-After
+    max_body_bytes: int = 8 * 2**20  # larger request bodies get 413
+    enable_embeddings: bool = True  # serve all-MiniLM-L6-v2 on /v1/embeddings
+    shutdown_timeout_s: float = 30.0  # graceful shutdown: in-flight requests get this long
+
+    def __post_init__(self):
+        if not 0 < self.port < 65536:
+            raise ValueError(f"ServerConfig.port must be in 1..65535, got {self.port}")
+        if self.max_pending_requests < 1 or self.max_body_bytes < 1024:
+            raise ValueError("ServerConfig.max_pending_requests must be >= 1 and max_body_bytes >= 1024")
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "ServerConfig":
+        return _from_dict(cls, values)

@@ -1,0 +1,2 @@
+"""OpenAI-compatible HTTP server (FastAPI). The engine knows nothing about HTTP; this
+package knows nothing about tensors."""

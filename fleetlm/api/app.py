@@ -1,0 +1,165 @@
+"""The FastAPI application: routes, auth, body limits, admission control, lifespan.
+
+`create_app` takes already-built parts (the async engine, an optional embedder) so tests
+and the CLI decide what runs; nothing is created at import."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import time
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+
+from fleetlm.api.errors import APIError, error_response, install_error_handlers
+from fleetlm.api.metrics import Metrics
+from fleetlm.api.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
+from fleetlm.api.serving import LocalModel, Serving
+from fleetlm.config import ServerConfig
+from fleetlm.engine.async_engine import AsyncLLM
+
+OPEN_PATHS = ("/health", "/metrics", "/docs", "/openapi.json")
+
+
+class BodyLimit:
+    """ASGI middleware: 413 for bodies over the limit, whether or not Content-Length is sent."""
+
+    def __init__(self, app, max_bytes: int):
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            return await self._reject(send)
+        seen = 0
+
+        async def limited():
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:
+                    raise _TooLarge()
+            return message
+
+        try:
+            await self.app(scope, limited, send)
+        except _TooLarge:
+            await self._reject(send)
+
+    async def _reject(self, send):
+        resp = error_response(413, f"request body larger than {self.max_bytes} bytes")
+        await send({"type": "http.response.start", "status": 413, "headers": resp.raw_headers})
+        await send({"type": "http.response.body", "body": resp.body})
+
+
+class _TooLarge(Exception):
+    pass
+
+
+def create_app(config: ServerConfig, llm: AsyncLLM, *, model_id: str, embedder=None,
+               structured=None) -> FastAPI:
+    metrics = Metrics()
+    metrics.bind_engine(llm.engine)
+    local = LocalModel(model_id, llm, int(time.time()))
+    serving = Serving(local, metrics, structured=structured)
+
+    @asynccontextmanager
+    async def lifespan(_app):
+        yield
+        llm.shutdown()  # aborts whatever is still running, frees the engine thread
+
+    app = FastAPI(title="fleetlm", version="0.1.0", lifespan=lifespan)
+    install_error_handlers(app)
+
+    @app.middleware("http")
+    async def auth_and_count(request: Request, call_next):
+        path = request.url.path
+        if config.api_key and not path.startswith(OPEN_PATHS):
+            header = request.headers.get("authorization", "")
+            token = header[7:] if header.lower().startswith("bearer ") else ""
+            if not hmac.compare_digest(token.encode(), config.api_key.encode()):
+                metrics.requests.labels(path, "401").inc()
+                return error_response(401, "invalid or missing API key (Authorization: Bearer ...)",
+                                      code="invalid_api_key")
+        response = await call_next(request)
+        metrics.requests.labels(path if path.startswith("/v1/") else "other", str(response.status_code)).inc()
+        return response
+
+    app.add_middleware(BodyLimit, max_bytes=config.max_body_bytes)
+
+    def check_model(name: str, *, kind: str = "generate") -> None:
+        ids = {model_id} if kind == "generate" else ({embedder.model_id} if embedder else set())
+        if name not in ids:
+            raise APIError(404, f"The model {name!r} does not exist; see GET /v1/models", param="model",
+                           code="model_not_found")
+
+    def admit() -> None:
+        if llm.num_unfinished() >= config.max_pending_requests:
+            metrics.pending.set(llm.num_unfinished())
+            raise APIError(429, "server is at capacity; retry shortly", code="rate_limit_exceeded",
+                           headers={"Retry-After": "1"})
+
+    @app.get("/health")
+    async def health():
+        if llm.error is not None:
+            return error_response(503, f"engine failed: {llm.error}")
+        return {"status": "ok"}
+
+    @app.get("/metrics")
+    async def prometheus():
+        metrics.pending.set(llm.num_unfinished())
+        return PlainTextResponse(metrics.render(), media_type="text/plain; version=0.0.4")
+
+    @app.get("/v1/models")
+    async def models():
+        data = [{"id": model_id, "object": "model", "created": local.created, "owned_by": "fleetlm",
+                 "max_model_len": local.max_model_len}]
+        if embedder is not None:
+            data.append({"id": embedder.model_id, "object": "model", "created": local.created,
+                         "owned_by": "fleetlm"})
+        return {"object": "list", "data": data}
+
+    @app.post("/v1/chat/completions")
+    async def chat(req: ChatCompletionRequest, raw: Request) -> Response:
+        check_model(req.model)
+        admit()
+        return await serving.chat(req, raw)
+
+    @app.post("/v1/completions")
+    async def completions(req: CompletionRequest, raw: Request) -> Response:
+        check_model(req.model)
+        admit()
+        return await serving.complete(req, raw)
+
+    @app.post("/v1/embeddings")
+    async def embeddings(req: EmbeddingRequest) -> Response:
+        check_model(req.model, kind="embed")
+        from fleetlm.models.embeddings import encode_vector
+
+        if req.dimensions is not None and req.dimensions != embedder.dim:
+            raise APIError(400, f"{embedder.model_id} has {embedder.dim} dimensions; "
+                                f"dimensions={req.dimensions} is not supported", param="dimensions")
+        inp = req.input
+        if isinstance(inp, str) or (isinstance(inp, list) and inp and isinstance(inp[0], str)):
+            texts = [inp] if isinstance(inp, str) else list(inp)
+            if any(not t for t in texts):
+                raise APIError(400, "input must not contain empty strings", param="input")
+            fn, arg = embedder.embed, texts
+        else:
+            fn, arg = embedder.embed_token_ids, ([inp] if isinstance(inp[0], int) else [list(x) for x in inp])
+        try:
+            result = await asyncio.to_thread(fn, arg)
+        except ValueError as exc:  # e.g. token ids outside the embedding model's vocabulary
+            raise APIError(400, str(exc), param="input")
+        data = [{"object": "embedding", "index": i, "embedding": encode_vector(v, req.encoding_format)}
+                for i, v in enumerate(result.vectors)]
+        n = sum(result.token_counts)
+        return JSONResponse({"object": "list", "data": data, "model": embedder.model_id,
+                             "usage": {"prompt_tokens": n, "total_tokens": n}})
+
+    return app

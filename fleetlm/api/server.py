@@ -1,0 +1,49 @@
+"""Build and run the server: engine + optional embedder + app, under uvicorn.
+
+Graceful shutdown: on SIGINT/SIGTERM uvicorn stops accepting connections and gives
+in-flight requests `shutdown_timeout_s` to finish; the app's lifespan then aborts what is
+left in the engine and stops its thread."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from fleetlm.config import EngineConfig, ServerConfig
+
+log = logging.getLogger("fleetlm.server")
+
+
+def model_id_for(engine_config: EngineConfig) -> str:
+    path = Path(engine_config.model)
+    return path.name if path.is_dir() else engine_config.model
+
+
+def build_app(engine_config: EngineConfig, server_config: ServerConfig):
+    from fleetlm.api.app import create_app
+    from fleetlm.engine.async_engine import AsyncLLM
+
+    llm = AsyncLLM(engine_config)
+    embedder = None
+    if server_config.enable_embeddings:
+        try:
+            from fleetlm.models.embeddings import Embedder
+
+            embedder = Embedder()
+        except Exception as exc:  # the server still serves generation without it
+            log.warning("embeddings disabled: %s", exc)
+    structured = None
+    try:
+        from fleetlm.api.structured_outputs import response_format_to_structured as structured
+    except ImportError:
+        pass
+    model_id = server_config.served_model_name or model_id_for(engine_config)
+    return create_app(server_config, llm, model_id=model_id, embedder=embedder, structured=structured)
+
+
+def serve(engine_config: EngineConfig, server_config: ServerConfig) -> None:
+    import uvicorn
+
+    app = build_app(engine_config, server_config)
+    uvicorn.run(app, host=server_config.host, port=server_config.port, log_level="info",
+                timeout_graceful_shutdown=server_config.shutdown_timeout_s)

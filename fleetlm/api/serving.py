@@ -1,0 +1,290 @@
+"""Chat and text completions on the local engine: request -> prompt ids + SamplingParams ->
+engine streams -> OpenAI JSON or SSE chunks.
+
+Contract: every validation error raises before the engine sees the request; a request that
+reached the engine is aborted in it as soon as its client goes away (a cancelled stream, or
+a disconnect noticed while a non-streaming request runs). Usage is recorded once, here, for
+every path including streaming.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from fastapi import Request
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from fleetlm.api import openai_format as fmt
+from fleetlm.api.errors import APIError, error_body
+from fleetlm.api.metrics import Metrics
+from fleetlm.api.protocol import ChatCompletionRequest, CompletionRequest
+from fleetlm.engine.async_engine import AsyncLLM
+from fleetlm.engine.errors import PromptTooLongError
+from fleetlm.engine.outputs import RequestOutput
+from fleetlm.engine.sampling_params import SamplingParams
+
+DISCONNECT_POLL_S = 0.25
+
+
+@dataclass
+class LocalModel:
+    """A model id served by the in-process engine."""
+
+    model_id: str
+    llm: AsyncLLM
+    created: int
+
+    @property
+    def max_model_len(self) -> int:
+        return self.llm.engine.max_model_len
+
+
+def sse(data: dict | str) -> str:
+    return f"data: {data if isinstance(data, str) else json.dumps(data, ensure_ascii=False)}\n\n"
+
+
+class Serving:
+    def __init__(self, model: LocalModel, metrics: Metrics, structured=None):
+        self.model = model
+        self.metrics = metrics
+        self.structured = structured  # callable(response_format) -> StructuredOutput | None
+        self.tokenizer = model.llm.tokenizer
+
+    # ---- request -> engine inputs ----------------------------------------------------
+    def chat_prompt_ids(self, req: ChatCompletionRequest) -> list[int]:
+        if req.tools:
+            raise APIError(400, "tools are not supported by this model yet", param="tools")
+        if not getattr(self.tokenizer, "chat_template", None):
+            raise APIError(400, f"model {req.model!r} has no chat template; use /v1/completions",
+                           param="messages")
+        messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()}
+                    for m in req.messages]
+        try:
+            text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        except Exception as exc:  # jinja raise_exception: roles that do not alternate, ...
+            raise APIError(400, f"messages cannot be formatted for this model: {exc}", param="messages")
+        return self.tokenizer(text, add_special_tokens=False).input_ids
+
+    def completion_prompts(self, req: CompletionRequest) -> tuple[list[list[int]], list[str | None]]:
+        p = req.prompt
+        if isinstance(p, str):
+            texts = [p]
+        elif isinstance(p[0], str):
+            texts = list(p)
+        elif isinstance(p[0], int):
+            return [list(p)], [None]
+        else:
+            return [list(x) for x in p], [None] * len(p)
+        if any(not t for t in texts):
+            raise APIError(400, "prompt must not be empty", param="prompt")
+        return [self.tokenizer(t).input_ids for t in texts], texts
+
+    def sampling_params(self, req, prompt_len: int, *, max_tokens: int | None, logprobs: int | None) -> SamplingParams:
+        limit = self.model.max_model_len
+        if prompt_len >= limit:
+            raise PromptTooLongError(prompt_len, limit)
+        if max_tokens is not None and prompt_len + max_tokens > limit:
+            raise APIError(400, f"This model's maximum context length is {limit} tokens. However, you "
+                                f"requested {prompt_len + max_tokens} tokens ({prompt_len} in the prompt, "
+                                f"{max_tokens} for the completion). Reduce the prompt or max_tokens.",
+                           param="max_tokens", code="context_length_exceeded")
+        stop = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
+        if any(not s for s in stop):
+            raise APIError(400, "stop strings must not be empty", param="stop")
+        structured = self.structured(req.response_format) if (self.structured and req.response_format) else None
+        if req.response_format is not None and req.response_format.type != "text" and self.structured is None:
+            raise APIError(400, "response_format is not supported by this server", param="response_format")
+        extra = {"structured": structured} if structured is not None else {}
+        return SamplingParams(
+            n=req.n, max_tokens=max_tokens, temperature=1.0 if req.temperature is None else req.temperature,
+            top_p=1.0 if req.top_p is None else req.top_p, top_k=req.top_k or 0, min_p=req.min_p or 0.0,
+            repetition_penalty=req.repetition_penalty or 1.0, presence_penalty=req.presence_penalty,
+            frequency_penalty=req.frequency_penalty, seed=req.seed, stop=stop, logprobs=logprobs,
+            ignore_eos=req.ignore_eos, **extra)
+
+    # ---- engine streams --------------------------------------------------------------
+    async def _merged(self, prompts: list[list[int]], params: SamplingParams, rid: str
+                      ) -> AsyncIterator[tuple[int, RequestOutput]]:
+        """Run one engine request per prompt; yield (prompt index, cumulative output) as they come."""
+        llm = self.model.llm
+        if len(prompts) == 1:
+            async for out in llm.generate(prompts[0], params, request_id=f"{rid}-0"):
+                yield 0, out
+            return
+        gens = [llm.generate(p, params, request_id=f"{rid}-{i}") for i, p in enumerate(prompts)]
+        queue: asyncio.Queue = asyncio.Queue()
+
+        async def pump(i, gen):
+            try:
+                async for out in gen:
+                    await queue.put((i, out))
+            except BaseException as exc:  # noqa: BLE001 - forwarded to the consumer
+                await queue.put((i, exc))
+            finally:
+                await queue.put((i, None))
+
+        tasks = [asyncio.create_task(pump(i, g)) for i, g in enumerate(gens)]
+        try:
+            done = 0
+            while done < len(tasks):
+                i, item = await queue.get()
+                if item is None:
+                    done += 1
+                elif isinstance(item, BaseException):
+                    raise item
+                else:
+                    yield i, item
+        finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _collect(self, prompts, params, rid, raw: Request) -> dict[int, RequestOutput]:
+        """Run to completion; abort in the engine if the client disconnects meanwhile."""
+        finals: dict[int, RequestOutput] = {}
+
+        async def run():
+            async for i, out in self._merged(prompts, params, rid):
+                finals[i] = out
+
+        task = asyncio.create_task(run())
+        while not task.done():
+            await asyncio.wait({task}, timeout=DISCONNECT_POLL_S)
+            if not task.done() and await raw.is_disconnected():
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+                raise APIError(499, "client disconnected")
+        task.result()
+        return finals
+
+    def _record(self, endpoint: str, finals, prompt_lens, t0: float) -> dict:
+        prompt_tokens = sum(prompt_lens)
+        completion_tokens = sum(len(c.token_ids) for o in finals.values() for c in o.outputs)
+        cached = sum(o.num_cached_tokens for o in finals.values())
+        self.metrics.observe_request(endpoint, finals.values(), prompt_tokens, completion_tokens, t0)
+        return fmt.usage(prompt_tokens, completion_tokens, cached)
+
+    # ---- chat ------------------------------------------------------------------------
+    async def chat(self, req: ChatCompletionRequest, raw: Request):
+        t0 = time.monotonic()
+        ids = self.chat_prompt_ids(req)
+        want_lp = req.logprobs or req.top_logprobs is not None
+        top = req.top_logprobs or 0
+        params = self.sampling_params(req, len(ids), max_tokens=req.max_completion_tokens or req.max_tokens,
+                                      logprobs=top if want_lp else None)
+        rid = f"chatcmpl-{uuid.uuid4().hex}"
+        if req.stream:
+            return self._stream(self._chat_events(req, ids, params, rid, t0))
+        finals = await self._collect([ids], params, rid, raw)
+        out = finals[0]
+        choices = []
+        for c in out.outputs:
+            choices.append({
+                "index": c.index,
+                "message": {"role": "assistant", "content": c.text},
+                "logprobs": fmt.chat_logprobs(self.tokenizer, c.logprobs) if want_lp else None,
+                "finish_reason": _finish(c.finish_reason)})
+        use = self._record("chat", finals, [len(ids)], t0)
+        return JSONResponse(fmt.chat_response(rid, req.model, choices, use))
+
+    async def _chat_events(self, req, ids, params, rid, t0) -> AsyncIterator[str]:
+        created = int(time.time())
+        sent_text: dict[int, int] = {}
+        sent_lp: dict[int, int] = {}
+        want_lp = params.logprobs is not None
+        finals: dict[int, RequestOutput] = {}
+        async for _, out in self._merged([ids], params, rid):
+            finals[0] = out
+            for c in out.outputs:
+                first = c.index not in sent_text
+                n_text, n_lp = sent_text.setdefault(c.index, 0), sent_lp.setdefault(c.index, 0)
+                delta_text = c.text[n_text:]
+                if not (first or delta_text or c.finish_reason):
+                    continue
+                delta = {"role": "assistant", "content": delta_text} if first else {"content": delta_text}
+                choice = {"index": c.index, "delta": delta, "logprobs": None,
+                          "finish_reason": _finish(c.finish_reason)}
+                if want_lp and c.logprobs and len(c.logprobs) > n_lp:
+                    choice["logprobs"] = fmt.chat_logprobs(self.tokenizer, c.logprobs[n_lp:])
+                    sent_lp[c.index] = len(c.logprobs)
+                sent_text[c.index] = len(c.text)
+                yield sse(fmt.chat_chunk(rid, req.model, created, [choice]))
+        use = self._record("chat", finals, [len(ids)], t0)
+        if req.stream_options and req.stream_options.include_usage:
+            yield sse(fmt.chat_chunk(rid, req.model, created, [], use))
+        yield sse("[DONE]")
+
+    # ---- completions -----------------------------------------------------------------
+    async def complete(self, req: CompletionRequest, raw: Request):
+        t0 = time.monotonic()
+        if req.suffix:
+            raise APIError(400, "suffix is not supported", param="suffix")
+        prompts, texts = self.completion_prompts(req)
+        longest = max(prompts, key=len)
+        max_tokens = 16 if req.max_tokens is None else req.max_tokens  # OpenAI's default for completions
+        params = self.sampling_params(req, len(longest), max_tokens=max_tokens, logprobs=req.logprobs)
+        rid = f"cmpl-{uuid.uuid4().hex}"
+        echo = [t if t is not None else self.tokenizer.decode(p) for t, p in zip(texts, prompts)] \
+            if req.echo else [""] * len(prompts)
+        if req.stream:
+            return self._stream(self._completion_events(req, prompts, params, rid, t0, echo))
+        finals = await self._collect(prompts, params, rid, raw)
+        choices = []
+        for i in range(len(prompts)):
+            for c in finals[i].outputs:
+                choices.append({
+                    "index": i * req.n + c.index, "text": echo[i] + c.text,
+                    "logprobs": fmt.completion_logprobs(self.tokenizer, c.logprobs, len(echo[i]))
+                    if req.logprobs is not None else None,
+                    "finish_reason": _finish(c.finish_reason)})
+        use = self._record("completions", finals, [len(p) for p in prompts], t0)
+        return JSONResponse(fmt.completion_response(rid, req.model, choices, use))
+
+    async def _completion_events(self, req, prompts, params, rid, t0, echo) -> AsyncIterator[str]:
+        created = int(time.time())
+        sent_text: dict[int, int] = {}
+        sent_lp: dict[int, int] = {}
+        finals: dict[int, RequestOutput] = {}
+        async for i, out in self._merged(prompts, params, rid):
+            finals[i] = out
+            for c in out.outputs:
+                idx = i * req.n + c.index
+                first = idx not in sent_text
+                n_text, n_lp = sent_text.setdefault(idx, 0), sent_lp.setdefault(idx, 0)
+                delta = (echo[i] if first else "") + c.text[n_text:]
+                if not (delta or c.finish_reason):
+                    continue
+                choice = {"index": idx, "text": delta, "logprobs": None, "finish_reason": _finish(c.finish_reason)}
+                if req.logprobs is not None and c.logprobs and len(c.logprobs) > n_lp:
+                    choice["logprobs"] = fmt.completion_logprobs(self.tokenizer, c.logprobs[n_lp:])
+                    sent_lp[idx] = len(c.logprobs)
+                sent_text[idx] = len(c.text)
+                yield sse(fmt.completion_chunk(rid, req.model, created, [choice]))
+        use = self._record("completions", finals, [len(p) for p in prompts], t0)
+        if req.stream_options and req.stream_options.include_usage:
+            yield sse(fmt.completion_chunk(rid, req.model, created, [], use))
+        yield sse("[DONE]")
+
+    @staticmethod
+    def _stream(events: AsyncIterator[str]) -> StreamingResponse:
+        # Starlette cancels this iterator when the client disconnects; the engine stream's
+        # `finally` then aborts the request, which frees its KV blocks.
+        async def guarded():
+            try:
+                async for e in events:
+                    yield e
+            except Exception as exc:  # headers are sent: report in-band, as OpenAI does
+                yield sse(error_body(500, f"generation failed: {exc}"))
+                yield sse("[DONE]")
+
+        return StreamingResponse(guarded(), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+def _finish(reason: str | None) -> str | None:
+    return {"abort": "stop"}.get(reason, reason)
