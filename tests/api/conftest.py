@@ -1,0 +1,64 @@
+"""A real fleetlm server on 127.0.0.1 (uvicorn in a thread, real HTTP) over a tiny model."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from dataclasses import dataclass
+
+import httpx
+import pytest
+
+from fleetlm.api.app import create_app
+from fleetlm.config import EngineConfig, ServerConfig
+from fleetlm.engine.async_engine import AsyncLLM
+
+
+@dataclass
+class RunningServer:
+    base_url: str
+    llm: AsyncLLM
+    model: str
+    api_key: str | None
+
+    def client(self, **kw):
+        from openai import OpenAI
+
+        return OpenAI(base_url=f"{self.base_url}/v1", api_key=self.api_key or "unused", max_retries=0, **kw)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(model_folder, *, embedder=None, structured=None, **server_kw):
+    import uvicorn
+
+    llm = AsyncLLM(EngineConfig(model=str(model_folder), dtype="float32", max_model_len=256))
+    config = ServerConfig(port=free_port(), **server_kw)
+    app = create_app(config, llm, model_id="tiny", embedder=embedder, structured=structured)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=config.port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    base = f"http://127.0.0.1:{config.port}"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{base}/health", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            time.sleep(0.05)
+    else:
+        raise RuntimeError("server did not start")
+    return RunningServer(base, llm, "tiny", config.api_key), server, thread
+
+
+@pytest.fixture(scope="module")
+def server(tiny_gemma):
+    running, srv, thread = start_server(tiny_gemma, max_pending_requests=64)
+    yield running
+    srv.should_exit = True
+    thread.join(10)
