@@ -29,6 +29,9 @@ class EngineConfig:
     seed: int = 0  # RNG seed for requests without their own seed
     cache_dir: str | None = None  # where the embedded model is unpacked; default ~/.cache/fleetlm
     num_threads: int | None = None  # torch intra-op threads on CPU; None keeps torch's default
+    # Decode attention: "auto" uses the native CPU kernel on CPU when it builds (compiled once,
+    # cached), else PyTorch SDPA over gathered blocks; "torch" forces the latter.
+    attention_backend: str = "auto"
 
     def __post_init__(self):
         positive = ["block_size", "max_num_seqs", "max_num_batched_tokens"]
@@ -39,6 +42,9 @@ class EngineConfig:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"EngineConfig.{name} must be >= 1 or None, got {value}")
+        if self.attention_backend not in ("auto", "torch", "cpu_kernel"):
+            raise ValueError(f"EngineConfig.attention_backend must be auto, torch or cpu_kernel, "
+                             f"got {self.attention_backend!r}")
         if self.kv_cache_memory_gb <= 0:
             raise ValueError("EngineConfig.kv_cache_memory_gb must be > 0")
 

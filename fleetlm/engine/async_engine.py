@@ -126,5 +126,7 @@ class AsyncLLM:
                 self._deliver(exc, rid)
         finally:
             self._stopped.set()
-            for rid in list(self.engine.requests):
-                self.engine.abort(rid)
+            for rid in list(self.engine.requests):  # shutdown: end every open stream, now
+                out = self.engine.abort(rid)
+                if out is not None:
+                    self._deliver(out, rid)

@@ -12,6 +12,7 @@ chunk) get one call each, and there are few of them per step because of the toke
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -35,7 +36,12 @@ class DecodeRows:
 
     token_index: torch.Tensor  # (B,) int64, positions of their tokens in the flat batch
     block_tables: torch.Tensor  # (B, max_blocks) int64, padded with block 0
-    masks: dict[str, torch.Tensor]  # layer type -> (B, 1, 1, max_blocks * block_size) bool
+    ctx_lens: torch.Tensor  # (B,) int64, keys each query sees (its position + 1)
+    windows: dict[str, int | None]  # layer type -> sliding window
+    # With the native kernel, keys are read in place and `masks` stays empty; otherwise
+    # layer type -> (B, 1, 1, max_blocks * block_size) bool for the gathered, padded keys.
+    kernel: Callable | None = None
+    masks: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 @dataclass
@@ -99,6 +105,11 @@ def paged_attention(
         # Grouped-query trick: the `group` query heads sharing a KV head become `group` query
         # rows of that head, so the cache is never expanded to Hq heads.
         qd = q.index_select(0, dec.token_index).view(b, n_kv, group, head_dim)
+        if dec.kernel is not None:
+            o = dec.kernel(qd, k_cache, v_cache, dec.block_tables, dec.ctx_lens,
+                           dec.windows[layer_type] or 0, scale)
+            out.index_copy_(0, dec.token_index, o.reshape(b, n_q, head_dim))
+            return out
         kk = k_cache[dec.block_tables].view(b, -1, n_kv, head_dim).transpose(1, 2)
         vv = v_cache[dec.block_tables].view(b, -1, n_kv, head_dim).transpose(1, 2)
         o = F.scaled_dot_product_attention(qd, kk, vv, attn_mask=dec.masks[layer_type], scale=scale)

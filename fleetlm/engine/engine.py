@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import time
+from pathlib import Path
 from dataclasses import dataclass, field
 
 import torch
@@ -72,11 +73,27 @@ class LLMEngine:
         self.scheduler = Scheduler(self.kv, max_num_seqs=config.max_num_seqs,
                                    max_num_batched_tokens=config.max_num_batched_tokens)
         self.runner = ModelRunner(self.loaded.model, num_blocks=num_blocks, block_size=bs,
-                                  dtype=self.loaded.dtype, device=self.loaded.device)
+                                  dtype=self.loaded.dtype, device=self.loaded.device,
+                                  decode_kernel=self._decode_kernel())
         self.gen = torch.Generator(device=self.loaded.device).manual_seed(config.seed)
         self.requests: dict[str, Request] = {}
         self._seq_ids = itertools.count()
         self._req_ids = itertools.count()
+
+    def _decode_kernel(self):
+        cfg = self.config
+        if cfg.attention_backend == "torch" or self.loaded.device.type != "cpu":
+            return None
+        if self.loaded.dtype not in (torch.float32, torch.bfloat16):
+            return None
+        from fleetlm.engine.kernels import load_paged_decode
+        from fleetlm.models.embedded import default_cache_dir
+
+        root = (Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir()) / "kernels"
+        kernel = load_paged_decode(root)
+        if kernel is None and cfg.attention_backend == "cpu_kernel":
+            raise RuntimeError("attention_backend='cpu_kernel' but the kernel could not be built")
+        return kernel
 
     # ---- requests --------------------------------------------------------------------
     def make_request(self, prompt: str | list[int], params: SamplingParams | None = None, *,
@@ -165,7 +182,11 @@ class LLMEngine:
                 seq.first_token_time = now
             if lp is not None:
                 seq.logprobs.append(lp)
-            stop_str = req.detoks[seq.index].add(tok)
+            stop_tok = tok in seq.params.stop_token_ids or (
+                not seq.params.ignore_eos and tok in self.loaded.eos_token_ids)
+            # a matched stop token's text is left out unless asked for (as vLLM does)
+            keep_text = not stop_tok or seq.params.include_stop_str_in_output
+            stop_str = req.detoks[seq.index].add(tok) if keep_text else None
             reason = self._finish_reason(seq, req, tok, stop_str)
             if reason is not None:
                 self.scheduler.finish(seq, reason)

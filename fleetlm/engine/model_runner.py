@@ -34,8 +34,9 @@ def kv_bytes_per_block(model: torch.nn.Module, block_size: int, dtype: torch.dty
 
 class ModelRunner:
     def __init__(self, model: torch.nn.Module, *, num_blocks: int, block_size: int,
-                 dtype: torch.dtype, device: torch.device):
+                 dtype: torch.dtype, device: torch.device, decode_kernel=None):
         self.model = model
+        self.decode_kernel = decode_kernel  # native paged decode attention, or None: PyTorch path
         self.block_size = block_size
         self.device = device
         self.windows = model.windows  # layer type -> sliding window or None
@@ -88,11 +89,14 @@ class ModelRunner:
     def _decode_rows(self, index: list[int], tables: list[list[int]], pos: list[int]) -> DecodeRows:
         width = max(len(t) for t in tables)
         padded = [t + [0] * (width - len(t)) for t in tables]
-        q_pos = torch.tensor(pos, device=self.device)
-        masks = {lt: kv_context_mask(q_pos, width * self.block_size, w)[:, None, None, :]
-                 for lt, w in self.windows.items()}
-        return DecodeRows(torch.tensor(index, dtype=torch.long, device=self.device),
-                          torch.tensor(padded, dtype=torch.long, device=self.device), masks)
+        q_pos = torch.tensor(pos, dtype=torch.long, device=self.device)
+        rows = DecodeRows(torch.tensor(index, dtype=torch.long, device=self.device),
+                          torch.tensor(padded, dtype=torch.long, device=self.device),
+                          ctx_lens=q_pos + 1, windows=self.windows, kernel=self.decode_kernel)
+        if self.decode_kernel is None:
+            rows.masks = {lt: kv_context_mask(q_pos, width * self.block_size, w)[:, None, None, :]
+                          for lt, w in self.windows.items()}
+        return rows
 
     @torch.inference_mode()
     def execute(self, sched: SchedulerOutput) -> tuple[torch.Tensor, list[Sequence]]:

@@ -44,16 +44,22 @@ def apply_penalties(logits: torch.Tensor, seqs: list[Sequence]) -> None:
 
 
 def _filtered_candidates(probs: torch.Tensor, top_k: int, top_p: float, min_p: float):
-    """probs (V,) -> (candidate probs, candidate token ids) after min_p / top_k / top_p."""
-    k = min(max(top_k, CANDIDATES) if top_k else CANDIDATES, probs.shape[0])
-    vals, idx = probs.topk(k)
-    if top_p < 1.0 and float(vals.sum()) < top_p:
-        vals, idx = probs.sort(descending=True)  # nucleus wider than the candidates: exact path
-    keep = torch.ones_like(vals, dtype=torch.bool)
+    """probs (V,) -> (candidate probs, candidate token ids) after top_k, then top_p over the
+    top-k renormalised distribution (vLLM's and transformers' order), then min_p."""
+    vocab = probs.shape[0]
     if top_k:
-        keep[top_k:] = False
+        vals, idx = probs.topk(min(top_k, vocab))
+        mass = float(vals.sum())
+    else:  # look at the best CANDIDATES first; fall back to the whole vocabulary when needed
+        vals, idx = probs.topk(min(CANDIDATES, vocab))
+        mass = 1.0
+        too_narrow = (top_p < 1.0 and float(vals.sum()) < top_p) or \
+                     (min_p > 0.0 and float(vals[-1]) >= min_p * float(vals[0]))
+        if too_narrow and vals.shape[0] < vocab:
+            vals, idx = probs.sort(descending=True)
+    keep = torch.ones_like(vals, dtype=torch.bool)
     if top_p < 1.0:
-        keep &= (vals.cumsum(0) - vals) < top_p
+        keep &= (vals.cumsum(0) - vals) < top_p * mass
     if min_p > 0.0:
         keep &= vals >= min_p * vals[0]
     keep[0] = True

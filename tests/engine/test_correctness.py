@@ -40,11 +40,12 @@ def prompts_of(n: int, lengths, seed: int = 0) -> list[list[int]]:
     return [[2] + torch.randint(3, 259, (length - 1,), generator=g).tolist() for length in lengths[:n]]
 
 
+@pytest.mark.parametrize("backend", ["auto", "torch"])  # native CPU kernel / PyTorch SDPA decode
 @pytest.mark.parametrize("budget", [512, 7])  # 7: prompts are chunked over several steps
-def test_logits_and_greedy_match_transformers(tiny_family, monkeypatch, budget):
+def test_logits_and_greedy_match_transformers(tiny_family, monkeypatch, budget, backend):
     name, folder = tiny_family
     seen = record_logits(monkeypatch)
-    llm = LLM(str(folder), dtype="float32", max_num_batched_tokens=budget)
+    llm = LLM(str(folder), dtype="float32", max_num_batched_tokens=budget, attention_backend=backend)
     prompts = prompts_of(3, [5, 23, 40])
     outs = llm.generate(prompt_token_ids=prompts,
                         sampling_params=SamplingParams(max_tokens=12, temperature=0, ignore_eos=True))

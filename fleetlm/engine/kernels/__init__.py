@@ -1,0 +1,57 @@
+"""Optional native kernels, compiled once per machine with the local C++ compiler.
+
+`load_paged_decode(build_root)` returns the CPU paged decode-attention op, or None when it
+cannot be built (no compiler, no ninja): the engine then uses its pure-PyTorch path, which
+gives the same results more slowly. Builds are keyed by the source, the torch version and
+the CPU model (the code is compiled for the host's instruction set), and cached on disk.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger("fleetlm.kernels")
+
+SOURCE = Path(__file__).with_name("paged_decode.cpp")
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def load_paged_decode(build_root: Path, *, progress=print):
+    """The compiled op `paged_decode_attention(q, k_cache, v_cache, block_tables, ctx_lens,
+    window, scale)`, or None if it cannot be built here."""
+    src = SOURCE.read_text()
+    key = hashlib.sha256(f"{src}|{torch.__version__}|{_cpu_model()}".encode()).hexdigest()[:16]
+    build_dir = Path(build_root) / f"paged_decode-{key}"
+    build_dir.mkdir(parents=True, exist_ok=True)
+    fresh = not any(build_dir.glob("*.so"))
+    try:
+        from torch.utils.cpp_extension import load_inline
+
+        if fresh and progress:
+            progress("fleetlm: compiling the CPU paged-attention kernel (one-time, about a minute)...")
+        t0 = time.monotonic()
+        module = load_inline(
+            name=f"fleetlm_paged_decode_{key}", cpp_sources=[src], functions=["paged_decode_attention"],
+            extra_cflags=["-O3", "-march=native", "-fopenmp"], extra_ldflags=["-fopenmp"],
+            build_directory=str(build_dir), verbose=False)
+        if fresh and progress:
+            progress(f"fleetlm: kernel ready in {time.monotonic() - t0:.0f} s (cached in {build_dir})")
+        return module.paged_decode_attention
+    except Exception as exc:  # noqa: BLE001 - any build failure means "use the torch path"
+        log.warning("CPU paged-attention kernel unavailable (%s); using the PyTorch path", exc)
+        return None

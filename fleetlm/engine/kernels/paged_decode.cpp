@@ -1,0 +1,115 @@
+// Paged decode attention for the CPU: one query token per sequence, keys and values read in
+// place from the block-paged KV cache (no gather copy, no padding to the longest sequence).
+//
+// Shapes: q (B, Hkv, G, D) with G query heads per KV head; k_cache, v_cache
+// (num_blocks, block_size, Hkv, D); block_tables (B, max_blocks) int64; ctx_lens (B,) int64.
+// `window` > 0 limits each query to its last `window` keys (sliding-window layers).
+// Returns (B, Hkv, G, D) in q's dtype. Work is split over (sequence, KV head) pairs.
+
+#include <torch/extension.h>
+#include <ATen/Parallel.h>
+#include <c10/util/BFloat16.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+namespace {
+
+inline float to_float(float x) { return x; }
+inline float to_float(c10::BFloat16 x) {
+  uint32_t bits = static_cast<uint32_t>(x.x) << 16;  // bf16 is the top half of an fp32
+  float f;
+  std::memcpy(&f, &bits, sizeof(f));
+  return f;
+}
+
+template <typename T>
+void decode_impl(const T* q, const T* k, const T* v, const int64_t* tables, const int64_t* lens,
+                 T* out, int64_t B, int64_t H, int64_t G, int64_t D, int64_t block_size,
+                 int64_t max_blocks, int64_t window, float scale) {
+  at::parallel_for(0, B * H, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> qf(G * D), acc(G * D), kv_row(D), scores;
+    for (int64_t idx = begin; idx < end; ++idx) {
+      const int64_t b = idx / H, h = idx % H;
+      const int64_t len = lens[b];
+      const int64_t first = window > 0 ? std::max<int64_t>(0, len - window) : 0;
+      const int64_t n = len - first;
+      scores.assign(G * n, 0.f);
+      for (int64_t i = 0; i < G * D; ++i) qf[i] = to_float(q[(idx * G) * D + i]) * scale;
+      const int64_t* table = tables + b * max_blocks;
+      // scores[g, t] = q[g] . k[t]
+      for (int64_t t = 0; t < n; ++t) {
+        const int64_t pos = first + t;
+        const T* kp = k + ((table[pos / block_size] * block_size + pos % block_size) * H + h) * D;
+#pragma omp simd
+        for (int64_t d = 0; d < D; ++d) kv_row[d] = to_float(kp[d]);
+        for (int64_t g = 0; g < G; ++g) {
+          const float* qg = qf.data() + g * D;
+          float s = 0.f;
+#pragma omp simd reduction(+ : s)
+          for (int64_t d = 0; d < D; ++d) s += qg[d] * kv_row[d];
+          scores[g * n + t] = s;
+        }
+      }
+      // softmax over t, in fp32
+      for (int64_t g = 0; g < G; ++g) {
+        float* sg = scores.data() + g * n;
+        float m = -INFINITY;
+        for (int64_t t = 0; t < n; ++t) m = std::max(m, sg[t]);
+        float sum = 0.f;
+        for (int64_t t = 0; t < n; ++t) { sg[t] = std::exp(sg[t] - m); sum += sg[t]; }
+        const float inv = 1.f / sum;
+        for (int64_t t = 0; t < n; ++t) sg[t] *= inv;
+      }
+      // out[g] = sum_t p[g, t] v[t]
+      std::fill(acc.begin(), acc.end(), 0.f);
+      for (int64_t t = 0; t < n; ++t) {
+        const int64_t pos = first + t;
+        const T* vp = v + ((table[pos / block_size] * block_size + pos % block_size) * H + h) * D;
+#pragma omp simd
+        for (int64_t d = 0; d < D; ++d) kv_row[d] = to_float(vp[d]);
+        for (int64_t g = 0; g < G; ++g) {
+          const float p = scores[g * n + t];
+          float* ag = acc.data() + g * D;
+#pragma omp simd
+          for (int64_t d = 0; d < D; ++d) ag[d] += p * kv_row[d];
+        }
+      }
+      for (int64_t i = 0; i < G * D; ++i) out[(idx * G) * D + i] = static_cast<T>(acc[i]);
+    }
+  });
+}
+
+}  // namespace
+
+torch::Tensor paged_decode_attention(torch::Tensor q, torch::Tensor k_cache, torch::Tensor v_cache,
+                                     torch::Tensor block_tables, torch::Tensor ctx_lens,
+                                     int64_t window, double scale) {
+  TORCH_CHECK(q.dim() == 4 && k_cache.dim() == 4, "q must be (B, Hkv, G, D), caches (N, bs, Hkv, D)");
+  TORCH_CHECK(q.scalar_type() == k_cache.scalar_type() && k_cache.scalar_type() == v_cache.scalar_type(),
+              "q and caches must share a dtype");
+  TORCH_CHECK(block_tables.scalar_type() == torch::kInt64 && ctx_lens.scalar_type() == torch::kInt64,
+              "block_tables and ctx_lens must be int64");
+  q = q.contiguous();
+  block_tables = block_tables.contiguous();
+  ctx_lens = ctx_lens.contiguous();
+  TORCH_CHECK(k_cache.is_contiguous() && v_cache.is_contiguous(), "caches must be contiguous");
+  const int64_t B = q.size(0), H = q.size(1), G = q.size(2), D = q.size(3);
+  auto out = torch::empty_like(q);
+  const float s = static_cast<float>(scale);
+  if (q.scalar_type() == torch::kBFloat16) {
+    decode_impl<c10::BFloat16>(q.data_ptr<c10::BFloat16>(), k_cache.data_ptr<c10::BFloat16>(),
+                               v_cache.data_ptr<c10::BFloat16>(), block_tables.data_ptr<int64_t>(),
+                               ctx_lens.data_ptr<int64_t>(), out.data_ptr<c10::BFloat16>(), B, H, G, D,
+                               k_cache.size(1), block_tables.size(1), window, s);
+  } else {
+    TORCH_CHECK(q.scalar_type() == torch::kFloat32, "only float32 and bfloat16 are supported");
+    decode_impl<float>(q.data_ptr<float>(), k_cache.data_ptr<float>(), v_cache.data_ptr<float>(),
+                       block_tables.data_ptr<int64_t>(), ctx_lens.data_ptr<int64_t>(), out.data_ptr<float>(),
+                       B, H, G, D, k_cache.size(1), block_tables.size(1), window, s);
+  }
+  return out;
+}

@@ -1,0 +1,176 @@
+"""Scheduler on plain Sequence objects (no model): token budget, chunked prefill, decode
+priority, sequence cap, preemption and prefix hits at admission. `advance` plays the engine:
+it counts the scheduled tokens as computed and appends a sampled token where one is due."""
+
+from __future__ import annotations
+
+import itertools
+
+from fleetlm.engine.kv_cache import KVCacheManager
+from fleetlm.engine.sampling_params import SamplingParams
+from fleetlm.engine.scheduler import Scheduler, SchedulerOutput
+from fleetlm.engine.sequence import Sequence, SeqStatus
+
+_ids = itertools.count()
+
+
+def make_seq(n_tokens: int, start: int = 3, wait_for: Sequence | None = None) -> Sequence:
+    tokens = [start + i for i in range(n_tokens)]
+    return Sequence(next(_ids), "r", 0, tokens, n_tokens, SamplingParams(), wait_for=wait_for)
+
+
+def make_sched(*, num_blocks=64, block_size=16, max_num_seqs=8, budget=512, prefix=True) -> Scheduler:
+    kv = KVCacheManager(num_blocks=num_blocks, block_size=block_size, enable_prefix_caching=prefix)
+    return Scheduler(kv, max_num_seqs=max_num_seqs, max_num_batched_tokens=budget)
+
+
+def advance(sched: Scheduler, out: SchedulerOutput, token: int = 7) -> None:
+    for seq, n in zip(out.seqs, out.num_new_tokens):
+        seq.num_computed_tokens += n
+        sched.kv.cache_computed_blocks(seq)
+        if seq.num_computed_tokens >= seq.prompt_len:
+            seq.prompt_computed = True
+        if seq.num_computed_tokens == seq.num_tokens:
+            seq.token_ids.append(token)
+
+
+def scheduled(out: SchedulerOutput) -> list[tuple[Sequence, int]]:
+    return list(zip(out.seqs, out.num_new_tokens))
+
+
+def test_long_prompt_is_chunked_under_the_budget():
+    s = make_sched(budget=32)
+    seq = make_seq(100)
+    s.add(seq)
+    chunks = []
+    for _ in range(5):
+        out = s.schedule()
+        assert out.seqs == [seq] and out.total_tokens <= 32
+        assert len(seq.block_ids) * s.kv.block_size >= seq.num_computed_tokens + out.num_new_tokens[0]
+        chunks.append(out.num_new_tokens[0])
+        advance(s, out)
+    assert chunks == [32, 32, 32, 4, 1]  # then a one-token decode
+    assert seq.num_tokens == 102 and seq.status is SeqStatus.RUNNING
+
+
+def test_decodes_are_scheduled_before_new_prompts():
+    s = make_sched(budget=32)
+    a, b = make_seq(5), make_seq(6)
+    s.add(a)
+    s.add(b)
+    advance(s, s.schedule())  # both prompts in one step
+    c = make_seq(100)
+    s.add(c)
+    out = s.schedule()
+    assert scheduled(out) == [(a, 1), (b, 1), (c, 30)]  # the prompt gets what is left
+    advance(s, out)
+    tight = make_sched(budget=2)
+    for x in (make_seq(1), make_seq(1)):
+        tight.add(x)
+    advance(tight, tight.schedule())
+    late = make_seq(10)
+    tight.add(late)
+    out = tight.schedule()
+    assert [n for _, n in scheduled(out)] == [1, 1] and late.status is SeqStatus.WAITING
+
+
+def test_the_budget_goes_to_the_earliest_prompt_first():
+    s = make_sched(budget=32)
+    long, short = make_seq(100), make_seq(3)
+    s.add(long)
+    s.add(short)
+    steps = []
+    for _ in range(5):
+        out = s.schedule()
+        steps.append([(x is long and "long" or "short", n) for x, n in scheduled(out)])
+        advance(s, out)
+    assert steps == [[("long", 32)], [("long", 32)], [("long", 32)], [("long", 4), ("short", 3)],
+                     [("long", 1), ("short", 1)]]
+
+
+def test_max_num_seqs_is_respected():
+    s = make_sched(max_num_seqs=2)
+    seqs = [make_seq(4) for _ in range(5)]
+    for x in seqs:
+        s.add(x)
+    out = s.schedule()
+    assert out.seqs == seqs[:2] and len(s.running) == 2 and list(s.waiting) == seqs[2:]
+    advance(s, out)
+    s.finish(seqs[0], "stop")
+    assert seqs[0].finished and seqs[0].block_ids == []
+    out = s.schedule()
+    assert out.seqs == [seqs[1], seqs[2]] and len(s.running) == 2
+
+
+def test_preemption_takes_the_most_recently_admitted_and_frees_its_blocks():
+    s = make_sched(num_blocks=6, block_size=2, prefix=False)
+    a, b, c = make_seq(4), make_seq(4, start=20), make_seq(4, start=40)
+    for x in (a, b, c):
+        s.add(x)
+    out = s.schedule()
+    assert out.seqs == [a, b, c] and s.kv.num_free_blocks == 0
+    advance(s, out)  # each now has 5 tokens and needs a third block
+    d = make_seq(2, start=60)
+    s.add(d)
+    out = s.schedule()
+    assert out.preempted == [c]
+    assert scheduled(out) == [(a, 1), (b, 1)]
+    assert c.status is SeqStatus.WAITING and c.block_ids == [] and c.num_computed_tokens == 0
+    assert list(s.waiting) == [c, d]  # the victim goes back to the front; nothing admitted
+    assert s.running == [a, b] and s.num_preemptions == 1 and c.num_preemptions == 1
+    assert s.kv.num_free_blocks == 0  # c's two blocks went to a and b
+    s.finish(a, "stop")
+    out = s.schedule()
+    assert scheduled(out) == [(b, 1), (c, 5)]  # c is readmitted before d and recomputes 5 tokens
+    assert list(s.waiting) == [d]
+
+
+def test_a_sequence_that_cannot_grow_preempts_itself():
+    s = make_sched(num_blocks=2, block_size=2, prefix=False)
+    a = make_seq(4)
+    s.add(a)
+    advance(s, s.schedule())
+    out = s.schedule()
+    assert not out and out.preempted == [a] and s.running == [] and s.kv.num_free_blocks == 2
+
+
+def test_admission_uses_cached_prefix_blocks():
+    s = make_sched(block_size=4, budget=512)
+    a = make_seq(10)
+    s.add(a)
+    advance(s, s.schedule())
+    b = make_seq(10)
+    s.add(b)
+    out = s.schedule()
+    assert scheduled(out) == [(a, 1), (b, 2)]  # 8 tokens come from the cache
+    assert b.num_computed_tokens == 8 and b.num_cached_prompt_tokens == 8
+    assert b.block_ids[:2] == a.block_ids[:2]
+
+
+def test_fcfs_a_waiting_request_that_does_not_fit_blocks_later_ones():
+    s = make_sched(num_blocks=4, block_size=4, prefix=False)
+    running = make_seq(8)
+    s.add(running)
+    advance(s, s.schedule())  # 9 tokens now, 3 blocks after the next allocation
+    big, small = make_seq(12), make_seq(2)
+    s.add(big)
+    s.add(small)
+    out = s.schedule()
+    assert out.seqs == [running] and list(s.waiting) == [big, small]
+
+
+def test_sibling_waits_for_the_shared_prompt_then_hits_it():
+    s = make_sched(block_size=4, budget=8)
+    first = make_seq(10)
+    sibling = make_seq(10, wait_for=first)
+    s.add(first)
+    s.add(sibling)
+    out = s.schedule()
+    assert scheduled(out) == [(first, 8)]  # the sibling does not compute the prompt too
+    advance(s, out)
+    out = s.schedule()
+    assert scheduled(out) == [(first, 2)]
+    advance(s, out)
+    out = s.schedule()
+    assert scheduled(out) == [(first, 1), (sibling, 2)]
+    assert sibling.block_ids[:2] == first.block_ids[:2] and sibling.num_cached_prompt_tokens == 8
