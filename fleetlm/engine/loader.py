@@ -90,6 +90,7 @@ def load_model(path: str | Path, *, dtype: str = "auto", device: str = "auto",
     model = cls(config, max_positions=max_len)
     _load_weights(model, path)
     model.to(device=dev, dtype=torch_dtype).eval()
+    model.finalize()
     tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
     return LoadedModel(model, config, tokenizer, torch_dtype, dev, max_len, _eos_ids(path, config, tokenizer))
 

@@ -9,6 +9,7 @@ of this step's tokens (T, hidden) — no padding — plus the paged-attention me
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from fleetlm.engine.attention import AttentionMetadata, paged_attention
@@ -25,8 +26,7 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = x.float()
-        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
+        h = F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps)
         return self.weight * h.to(x.dtype)
 
 
@@ -36,11 +36,14 @@ class GemmaRMSNorm(RMSNorm):
     def __init__(self, dim: int, eps: float):
         super().__init__(dim, eps)
         nn.init.zeros_(self.weight)
+        self.scale: torch.Tensor | None = None  # fp32 (1 + weight), set by finalize()
+
+    def finalize(self) -> None:
+        self.scale = 1.0 + self.weight.detach().float()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = x.float()
-        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
-        return (h * (1.0 + self.weight.float())).to(x.dtype)
+        scale = self.scale if self.scale is not None else 1.0 + self.weight.float()
+        return (F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps) * scale).to(x.dtype)
 
 
 def rope_inv_freq(config, rope_params: dict, head_dim: int, layer_type: str | None):
@@ -72,13 +75,17 @@ class RotaryEmbedding(nn.Module):
         self.register_buffer("cos", emb.cos() * scaling, persistent=False)
         self.register_buffer("sin", emb.sin() * scaling, persistent=False)
 
-    def forward(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        """x: (T, H, D), positions: (T,) -> x rotated, in x's dtype (as transformers does)."""
-        cos = self.cos[positions].to(x.dtype)[:, None, :]
-        sin = self.sin[positions].to(x.dtype)[:, None, :]
-        half = x.shape[-1] // 2
-        rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-        return x * cos + rotated * sin
+    def cos_sin(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """(cos, sin), each (T, 1, head_dim) in the activations' dtype; looked up once per step."""
+        return self.cos[positions].to(dtype)[:, None, :], self.sin[positions].to(dtype)[:, None, :]
+
+
+def apply_rope(x: torch.Tensor, cos_sin: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """x: (T, H, D) rotated by the step's (cos, sin), in x's dtype (as transformers does)."""
+    cos, sin = cos_sin
+    half = x.shape[-1] // 2
+    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    return x * cos + rotated * sin
 
 
 class Attention(nn.Module):
@@ -99,15 +106,31 @@ class Attention(nn.Module):
             self.q_norm = qk_norm(d, config.rms_norm_eps)
             self.k_norm = qk_norm(d, config.rms_norm_eps)
         self.has_qk_norm = qk_norm is not None
+        self.qkv_proj: nn.Linear | None = None  # q, k, v in one matmul, built by finalize()
 
-    def forward(self, x, positions, rope: RotaryEmbedding, cache: KVCache, meta: AttentionMetadata):
-        t = x.shape[0]
-        q = self.q_proj(x).view(t, self.n_heads, self.head_dim)
-        k = self.k_proj(x).view(t, self.n_kv, self.head_dim)
-        v = self.v_proj(x).view(t, self.n_kv, self.head_dim)
+    def finalize(self) -> None:
+        """Fuse q/k/v into one GEMM (one weight read, one call) once the weights are loaded."""
+        parts = (self.q_proj, self.k_proj, self.v_proj)
+        fused = nn.Linear(self.q_proj.in_features, sum(p.out_features for p in parts),
+                          bias=self.q_proj.bias is not None, dtype=self.q_proj.weight.dtype,
+                          device=self.q_proj.weight.device)
+        with torch.no_grad():
+            fused.weight.copy_(torch.cat([p.weight for p in parts]))
+            if fused.bias is not None:
+                fused.bias.copy_(torch.cat([p.bias for p in parts]))
+        self.qkv_proj = fused
+        del self.q_proj, self.k_proj, self.v_proj
+
+    def forward(self, x, cos_sin, cache: KVCache, meta: AttentionMetadata):
+        t, d = x.shape[0], self.head_dim
+        if self.qkv_proj is not None:
+            q, k, v = self.qkv_proj(x).split([self.n_heads * d, self.n_kv * d, self.n_kv * d], dim=-1)
+        else:
+            q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        q, k, v = q.view(t, self.n_heads, d), k.view(t, self.n_kv, d), v.view(t, self.n_kv, d)
         if self.has_qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
-        q, k = rope(q, positions), rope(k, positions)
+        q, k = apply_rope(q, cos_sin), apply_rope(k, cos_sin)
         o = paged_attention(q, k, v, cache, meta, layer_type=self.layer_type, scale=self.scale)
         return self.o_proj(o.reshape(t, self.n_heads * self.head_dim))
 
@@ -120,8 +143,22 @@ class GatedMLP(nn.Module):
         self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
         self.act = act
 
+        self.gate_up_proj: nn.Linear | None = None  # built by finalize()
+
+    def finalize(self) -> None:
+        """Fuse gate and up projections into one GEMM once the weights are loaded."""
+        w = torch.cat([self.gate_proj.weight, self.up_proj.weight])
+        fused = nn.Linear(w.shape[1], w.shape[0], bias=False, dtype=w.dtype, device=w.device)
+        with torch.no_grad():
+            fused.weight.copy_(w)
+        self.gate_up_proj = fused
+        del self.gate_proj, self.up_proj
+
     def forward(self, x):
-        return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))
+        if self.gate_up_proj is None:
+            return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))
+        gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
+        return self.down_proj(self.act(gate) * up)
 
 
 def layer_types_of(config) -> list[str]:
@@ -159,9 +196,18 @@ class CausalLM(nn.Module):
         if self.embed_scale is not None:
             # transformers scales in the weights' dtype; so do we, for identical rounding
             h = h * torch.tensor(self.embed_scale, dtype=h.dtype)
+        cos_sin = {lt: rope.cos_sin(positions, h.dtype) for lt, rope in self.ropes.items()}
         for layer, cache in zip(self.model.layers, caches):
-            h = layer(h, positions, self.ropes[layer.self_attn.layer_type], cache, meta)
+            h = layer(h, cos_sin[layer.self_attn.layer_type], cache, meta)
         return self.model.norm(h)
+
+    def finalize(self) -> None:
+        """Call once after loading weights and moving to the final dtype/device: fuses
+        projections and precomputes norm scales (inference only; the module is not
+        trainable afterwards)."""
+        for m in list(self.modules()):
+            if m is not self and hasattr(m, "finalize"):
+                m.finalize()
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """hidden (N, hidden) of the rows that sample -> fp32 logits (N, vocab)."""

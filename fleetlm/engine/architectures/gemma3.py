@@ -24,8 +24,8 @@ class Gemma3DecoderLayer(nn.Module):
         self.pre_feedforward_layernorm = GemmaRMSNorm(dim, eps)
         self.post_feedforward_layernorm = GemmaRMSNorm(dim, eps)
 
-    def forward(self, h, positions, rope, cache, meta):
-        a = self.self_attn(self.input_layernorm(h), positions, rope, cache, meta)
+    def forward(self, h, cos_sin, cache, meta):
+        a = self.self_attn(self.input_layernorm(h), cos_sin, cache, meta)
         h = h + self.post_attention_layernorm(a)
         m = self.mlp(self.pre_feedforward_layernorm(h))
         return h + self.post_feedforward_layernorm(m)

@@ -20,8 +20,8 @@ class LlamaDecoderLayer(nn.Module):
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
-    def forward(self, h, positions, rope, cache, meta):
-        h = h + self.self_attn(self.input_layernorm(h), positions, rope, cache, meta)
+    def forward(self, h, cos_sin, cache, meta):
+        h = h + self.self_attn(self.input_layernorm(h), cos_sin, cache, meta)
         return h + self.mlp(self.post_attention_layernorm(h))
 
 
