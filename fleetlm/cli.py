@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from pathlib import Path
 
 from fleetlm.config import EngineConfig
 
@@ -81,6 +82,121 @@ def cmd_serve(args) -> int:
     return 0
 
 
+def _server_up(url: str, api_key: str | None) -> bool:
+    import httpx
+
+    try:
+        return httpx.get(f"{url}/health", timeout=1.0).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def _headers(api_key: str | None) -> dict:
+    return {"Authorization": f"Bearer {api_key}"} if api_key else {}
+
+
+def cmd_models(args) -> int:
+    import httpx
+
+    if _server_up(args.url, args.api_key):
+        resp = httpx.get(f"{args.url}/v1/models", headers=_headers(args.api_key), timeout=10)
+        if resp.status_code != 200:
+            print(f"error: {resp.json().get('error', {}).get('message', resp.text)}", file=sys.stderr)
+            return 1
+        for m in resp.json()["data"]:
+            extra = f"  (context {m['max_model_len']})" if "max_model_len" in m else ""
+            print(f"{m['id']}{extra}")
+        return 0
+    from fleetlm.models.embedded import DEFAULT_MODEL_ID, is_complete, model_dir
+
+    cache = Path(args.cache_dir) if args.cache_dir else None
+    state = "unpacked" if is_complete(model_dir(cache_dir=cache)) else "unpacked on first use"
+    print(f"no server at {args.url}; local models:\n{DEFAULT_MODEL_ID}  (embedded, {state})")
+    return 0
+
+
+def _chat_remote(args, messages: list[dict]) -> str:
+    import json
+
+    import httpx
+
+    body = {"model": args.model, "messages": messages, "max_tokens": args.max_tokens,
+            "temperature": args.temperature, "stream": True}
+    text = []
+    with httpx.stream("POST", f"{args.url}/v1/chat/completions", json=body, headers=_headers(args.api_key),
+                      timeout=None) as resp:
+        if resp.status_code != 200:
+            resp.read()
+            raise RuntimeError(resp.json().get("error", {}).get("message", resp.text))
+        for line in resp.iter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            chunk = json.loads(line[6:])
+            if "error" in chunk:
+                raise RuntimeError(chunk["error"]["message"])
+            for choice in chunk.get("choices", []):
+                piece = choice["delta"].get("content") or ""
+                text.append(piece)
+                sys.stdout.write(piece)
+                sys.stdout.flush()
+    print()
+    return "".join(text)
+
+
+def _chat_local(engine, args, messages: list[dict]) -> str:
+    from fleetlm.engine.sampling_params import SamplingParams
+
+    prompt = engine.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    ids = engine.tokenizer(prompt, add_special_tokens=False).input_ids
+    engine.add(engine.make_request(ids, SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature)))
+    shown, out = 0, None
+    while engine.has_unfinished_requests():
+        for out in engine.step():
+            sys.stdout.write(out.outputs[0].text[shown:])
+            sys.stdout.flush()
+            shown = len(out.outputs[0].text)
+    print()
+    return out.outputs[0].text if out else ""
+
+
+def cmd_chat(args) -> int:
+    """One question (argument) or an interactive session (no argument; empty line or EOF ends)."""
+    remote = _server_up(args.url, args.api_key)
+    engine = None
+    if not remote:
+        from fleetlm.engine.engine import LLMEngine
+
+        print(f"(no server at {args.url}: running {args.model} in-process)", file=sys.stderr)
+        cfg = _engine_config(args)
+        engine = LLMEngine(cfg)
+    history: list[dict] = []
+    if args.system:
+        history.append({"role": "system", "content": args.system})
+    questions = [args.question] if args.question else None
+    while True:
+        if questions is not None:
+            if not questions:
+                return 0
+            q = questions.pop()
+        else:
+            try:
+                q = input("you> ").strip()
+            except EOFError:
+                return 0
+            if not q:
+                return 0
+        history.append({"role": "user", "content": q})
+        try:
+            answer = _chat_remote(args, history) if remote else _chat_local(engine, args, history)
+        except Exception as exc:  # a server-side error: show it, keep the session
+            print(f"error: {exc}", file=sys.stderr)
+            history.pop()
+            if questions is not None:
+                return 1
+            continue
+        history.append({"role": "assistant", "content": answer})
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fleet", description="fleetlm: inference for compound AI systems")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -105,6 +221,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-pending-requests", type=int, default=256)
     s.add_argument("--no-embeddings", action="store_true", help="do not load all-MiniLM-L6-v2")
     s.set_defaults(func=cmd_serve)
+
+    for name, fn, doc in [("chat", cmd_chat, "chat with a running server, or with the engine in-process"),
+                          ("models", cmd_models, "list the models of a running server (or the local ones)")]:
+        c = sub.add_parser(name, help=doc)
+        _engine_args(c)
+        c.add_argument("--url", default="http://127.0.0.1:8000", help="server to use if it is running")
+        c.add_argument("--api-key", default=None)
+        if name == "chat":
+            c.add_argument("question", nargs="?", default=None, help="omit for an interactive session")
+            c.add_argument("--system", default=None, help="system message")
+            c.add_argument("--max-tokens", type=int, default=256)
+            c.add_argument("--temperature", type=float, default=0.0)
+        c.set_defaults(func=fn)
     return parser
 
 

@@ -32,11 +32,7 @@ def build_app(engine_config: EngineConfig, server_config: ServerConfig):
             embedder = Embedder()
         except Exception as exc:  # the server still serves generation without it
             log.warning("embeddings disabled: %s", exc)
-    structured = None
-    try:
-        from fleetlm.api.structured_outputs import response_format_to_structured as structured
-    except ImportError:
-        pass
+    from fleetlm.api.serving import response_format_to_structured as structured
     model_id = server_config.served_model_name or model_id_for(engine_config)
     return create_app(server_config, llm, model_id=model_id, embedder=embedder, structured=structured)
 

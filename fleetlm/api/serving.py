@@ -286,5 +286,13 @@ class Serving:
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
+def response_format_to_structured(response_format):
+    """OpenAI `response_format` -> StructuredOutput (None for plain text). The schema itself
+    is compiled, and so checked, when the engine validates the request."""
+    from fleetlm.engine.structured import StructuredOutput
+
+    return StructuredOutput.from_response_format(response_format.model_dump(by_alias=True, exclude_none=True))
+
+
 def _finish(reason: str | None) -> str | None:
     return {"abort": "stop"}.get(reason, reason)

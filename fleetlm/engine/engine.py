@@ -10,6 +10,7 @@ blocks at once. `AsyncLLM` (async_engine.py) runs this core on a thread.
 from __future__ import annotations
 
 import itertools
+import threading
 import time
 from pathlib import Path
 from dataclasses import dataclass, field
@@ -77,6 +78,8 @@ class LLMEngine:
                                   decode_kernel=self._decode_kernel())
         self.gen = torch.Generator(device=self.loaded.device).manual_seed(config.seed)
         self.requests: dict[str, Request] = {}
+        self._grammar = None
+        self._grammar_lock = threading.Lock()
         self._seq_ids = itertools.count()
         self._req_ids = itertools.count()
 
@@ -119,8 +122,20 @@ class LLMEngine:
             raise PromptTooLongError(len(ids), self.max_model_len)
         room = self.max_model_len - len(ids)
         max_tokens = room if params.max_tokens is None else min(params.max_tokens, room)
+        if params.structured is not None:
+            self.grammar().compile(params.structured)  # invalid schema: GrammarError (400) now
         rid = request_id if request_id is not None else f"req-{next(self._req_ids)}"
         return Request(rid, text, ids, params, max_tokens)
+
+    def grammar(self):
+        """The engine's grammar compiler, built on first use (its tokenizer table takes a few
+        seconds for a 262k vocabulary). Safe to call from the API thread."""
+        with self._grammar_lock:
+            if self._grammar is None:
+                from fleetlm.engine.structured import GrammarCompiler
+
+                self._grammar = GrammarCompiler(self.tokenizer, self.vocab_size, self.loaded.eos_token_ids)
+            return self._grammar
 
     def add(self, req: Request) -> None:
         """Queue a validated request: one sequence per completion (n), siblings after the first."""
@@ -134,6 +149,8 @@ class LLMEngine:
             seq = Sequence(next(self._seq_ids), req.request_id, i, list(req.prompt_ids), len(req.prompt_ids),
                            p, generator=gen, wait_for=req.seqs[0] if i else None,
                            arrival_time=req.arrival_time)
+            if p.structured is not None:
+                seq.matcher = self.grammar().matcher(p.structured)
             req.seqs.append(seq)
             req.detoks.append(IncrementalDetokenizer(
                 self._fast_tok, req.prompt_ids, skip_special_tokens=p.skip_special_tokens,
@@ -178,6 +195,8 @@ class LLMEngine:
         for seq, tok, lp in zip(sampling_seqs, tokens, logprobs):
             req = self.requests[seq.request_id]
             seq.token_ids.append(tok)
+            if seq.matcher is not None:
+                seq.matcher.accept(tok)
             if seq.first_token_time is None:
                 seq.first_token_time = now
             if lp is not None:
@@ -210,6 +229,8 @@ class LLMEngine:
         if stop_str is not None:
             seq.stop_reason = stop_str
             return "stop"
+        if seq.matcher is not None and seq.matcher.is_finished():
+            return "stop"  # the document is complete; nothing but EOS could follow
         if seq.num_output_tokens >= req.max_tokens or seq.num_tokens >= self.max_model_len:
             return "length"
         return None

@@ -100,7 +100,7 @@ class ModelRunner:
 
     @torch.inference_mode()
     def execute(self, sched: SchedulerOutput) -> tuple[torch.Tensor, list[Sequence]]:
-        """Run one step -> (fp32 logits (N, vocab) of the sampling rows, their sequences)."""
+        """Run one step -> (logits (N, vocab) of the sampling rows, their sequences)."""
         inp = self.prepare_inputs(sched)
         hidden = self.model(inp.input_ids, inp.positions, self.caches, inp.meta)
         if not inp.sampling_seqs:

@@ -28,8 +28,8 @@ class TokenLogprob:
 
 
 def apply_penalties(logits: torch.Tensor, seqs: list[Sequence]) -> None:
-    """In place. Repetition (HF/CTRL) over prompt + output; presence/frequency (OpenAI) over
-    the output only."""
+    """In place, on fp32 logits (N, V) of seqs (N); rows without penalties are untouched.
+    Repetition (HF/CTRL) over prompt + output; presence/frequency (OpenAI) over the output."""
     vocab = logits.shape[1]
     for i, seq in enumerate(seqs):
         p = seq.params
@@ -71,28 +71,47 @@ def _draw(probs: torch.Tensor, gen: torch.Generator | None) -> int:
     return int((probs / noise).argmax())
 
 
-def sample(logits: torch.Tensor, seqs: list[Sequence], gen: torch.Generator) -> tuple[list[int], list]:
-    """logits (N, V) fp32, one row per sequence that samples -> (token ids, logprob entries).
+def _plain_greedy(seq: Sequence) -> bool:
+    p = seq.params
+    return (p.greedy and seq.matcher is None and p.repetition_penalty == 1.0
+            and not p.presence_penalty and not p.frequency_penalty)
 
-    `gen` serves unseeded rows; seeded rows use their sequence's own generator."""
+
+def sample(logits: torch.Tensor, seqs: list[Sequence], gen: torch.Generator) -> tuple[list[int], list]:
+    """logits (N, V) in the model's dtype, one row per sequence that samples -> (token ids,
+    logprob entries). Logprobs are those of the raw model (before grammar, penalties and
+    temperature), as vLLM reports them.
+
+    Plain greedy rows take the argmax of the logits as they are (widening bf16 to fp32 is
+    exact, so the result is the same) and never pay the fp32 copy of a 262k-wide row; the
+    other rows are processed in fp32. `gen` serves unseeded rows; seeded rows use their
+    sequence's own generator."""
     logprob_rows = [i for i, s in enumerate(seqs) if s.params.logprobs is not None]
-    raw_lp = torch.log_softmax(logits[logprob_rows], dim=-1) if logprob_rows else None
-    if any(s.params.repetition_penalty != 1.0 or s.params.presence_penalty or s.params.frequency_penalty
-           for s in seqs):
-        logits = logits.clone()
-        apply_penalties(logits, seqs)
-    tokens = logits.argmax(dim=-1).tolist()  # right for every greedy row
-    for i, seq in enumerate(seqs):
-        p = seq.params
-        if p.greedy:
-            continue
-        probs = torch.softmax(logits[i] / p.temperature, dim=-1)
-        g = seq.generator if seq.generator is not None else gen
-        if p.top_k or p.top_p < 1.0 or p.min_p > 0.0:
-            vals, idx = _filtered_candidates(probs, p.top_k, p.top_p, p.min_p)
-            tokens[i] = int(idx[_draw(vals, g)])
-        else:
-            tokens[i] = _draw(probs, g)
+    raw_lp = torch.log_softmax(logits[logprob_rows].float(), dim=-1) if logprob_rows else None
+    tokens = logits.argmax(dim=-1).tolist()
+    special = [i for i, s in enumerate(seqs) if not _plain_greedy(s)]
+    if special:
+        sub = logits[special].float()  # a copy: the raw logits stay untouched
+        sub_seqs = [seqs[i] for i in special]
+        matchers = [s.matcher for s in sub_seqs]
+        if any(m is not None for m in matchers):
+            from fleetlm.engine.structured import apply_masks
+
+            apply_masks(sub, matchers)  # grammar first: forbidden tokens are never sampled
+        apply_penalties(sub, sub_seqs)
+        sub_argmax = sub.argmax(dim=-1).tolist()
+        for j, (i, seq) in enumerate(zip(special, sub_seqs)):
+            p = seq.params
+            if p.greedy:
+                tokens[i] = sub_argmax[j]
+                continue
+            probs = torch.softmax(sub[j] / p.temperature, dim=-1)
+            g = seq.generator if seq.generator is not None else gen
+            if p.top_k or p.top_p < 1.0 or p.min_p > 0.0:
+                vals, idx = _filtered_candidates(probs, p.top_k, p.top_p, p.min_p)
+                tokens[i] = int(idx[_draw(vals, g)])
+            else:
+                tokens[i] = _draw(probs, g)
     entries: list = [None] * len(seqs)
     for j, i in enumerate(logprob_rows):
         lp = raw_lp[j]

@@ -26,6 +26,9 @@ class SamplingParams:
     include_stop_str_in_output: bool = False
     logprobs: int | None = None  # None: off; k >= 0: sampled token's logprob + top k
     skip_special_tokens: bool = True
+    # Grammar the output must follow (a `fleetlm.engine.structured.StructuredOutput`:
+    # json_object, json_schema, regex, grammar); None: free text.
+    structured: object | None = None
 
     def __post_init__(self):
         if isinstance(self.stop, str):

@@ -46,6 +46,7 @@ class Sequence:
     arrival_time: float = field(default_factory=time.monotonic)
     first_token_time: float | None = None
     num_preemptions: int = 0
+    matcher: object | None = None  # GrammarMatcher when the request has a structured output
 
     @property
     def num_tokens(self) -> int:

@@ -1,0 +1,71 @@
+"""300 malformed or hostile request bodies get 4xx answers only, and the server keeps serving.
+
+Bodies are generated with hypothesis (random JSON, wrong types, huge numbers, negative n,
+10 MB strings, invalid UTF-8, truncated JSON) from a fixed seed, so the run is reproducible."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(min_value=-2**70, max_value=2**70) | st.floats(allow_nan=False)
+    | st.text(max_size=30),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4),
+    max_leaves=12)
+
+FIELDS = ["model", "prompt", "messages", "max_tokens", "n", "temperature", "top_p", "stop", "seed", "logprobs",
+          "top_logprobs", "stream", "stream_options", "response_format", "presence_penalty", "top_k", "min_p",
+          "repetition_penalty", "max_completion_tokens", "echo", "input", "encoding_format", "user"]
+
+HOSTILE = {"max_tokens": 10**12, "n": -3, "temperature": 1e308, "top_logprobs": 10**6, "seed": 2**80,
+           "stop": ["x"] * 10_000, "prompt": [[-1, 2**40]], "messages": [{"role": "wizard", "content": 1}],
+           "logprobs": True, "response_format": {"type": "json_schema", "json_schema": {"schema": "no"}}}
+
+
+@st.composite
+def bodies(draw):
+    kind = draw(st.sampled_from(["random", "mutated", "raw"]))
+    if kind == "raw":
+        return draw(st.sampled_from([b"", b"{", b"[]", b"null", b"\xff\xfe\x00garbage", b'{"model": "tiny",',
+                                     b'{"model":"tiny","prompt":"\xc3\x28"}', b"1e999999"]))
+    body = {"model": draw(st.sampled_from(["tiny", "", "nope", 5]))}
+    if kind == "random":
+        body.update(draw(st.dictionaries(st.sampled_from(FIELDS), json_values, max_size=5)))
+    else:
+        body["prompt"] = "hello"
+        body["messages"] = [{"role": "user", "content": "hello"}]
+        key = draw(st.sampled_from(sorted(HOSTILE)))
+        body[key] = HOSTILE[key]
+        body.update(draw(st.dictionaries(st.sampled_from(FIELDS), json_values, max_size=2)))
+    return json.dumps(body).encode()
+
+
+PATHS = ["/v1/completions", "/v1/chat/completions", "/v1/embeddings"]
+
+
+def test_hostile_bodies_get_4xx_and_the_server_survives(server):
+    statuses: dict[int, int] = {}
+    with httpx.Client(base_url=server.base_url, timeout=60) as client:
+
+        @settings(max_examples=300, derandomize=True, deadline=None, database=None,
+                  suppress_health_check=list(HealthCheck))
+        @given(body=bodies(), path=st.sampled_from(PATHS))
+        def check(body, path):
+            resp = client.post(path, content=body, headers={"content-type": "application/json"})
+            statuses[resp.status_code] = statuses.get(resp.status_code, 0) + 1
+            if resp.status_code != 200:
+                assert 400 <= resp.status_code < 500, (resp.status_code, body[:200], resp.text[:300])
+                assert set(resp.json()["error"]) == {"message", "type", "param", "code"}
+
+        check()
+        # a 10 MB string is refused by size before it is parsed
+        big = client.post("/v1/completions", json={"model": "tiny", "prompt": "x" * (10 * 2**20)})
+        assert big.status_code == 413
+        ok = client.post("/v1/completions", json={"model": "tiny", "prompt": "still alive", "max_tokens": 3})
+        assert ok.status_code == 200 and ok.json()["usage"]["completion_tokens"] == 3
+    assert sum(statuses.values()) == 300
+    assert sum(n for s, n in statuses.items() if s >= 400) > 200  # hostile means mostly rejected
