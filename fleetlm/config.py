@@ -32,6 +32,10 @@ class EngineConfig:
     # Decode attention: "auto" uses the native CPU kernel on CPU when it builds (compiled once,
     # cached), else PyTorch SDPA over gathered blocks; "torch" forces the latter.
     attention_backend: str = "auto"
+    # Linux/glibc, CPU: keep large freed buffers in the heap instead of returning them to the
+    # OS, so each step's 30+ MB logits buffer is not page-faulted in again (a process-wide
+    # malloc setting; measured: LM head 35 -> 28 ms, logits widening 25 -> 14 ms).
+    tune_malloc: bool = True
 
     def __post_init__(self):
         positive = ["block_size", "max_num_seqs", "max_num_batched_tokens"]

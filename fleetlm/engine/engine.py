@@ -30,6 +30,25 @@ from fleetlm.engine.scheduler import Scheduler
 from fleetlm.engine.sequence import Sequence
 
 
+def keep_freed_memory_in_heap() -> bool:
+    """glibc: serve large allocations from the heap and never trim it, so buffers freed at
+    the end of a step are reused by the next one without page faults. Returns False where
+    glibc's mallopt is not available (other libc, other OS)."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    if not name:
+        return False
+    try:
+        libc = ctypes.CDLL(name)
+        m_trim_threshold, m_mmap_threshold = -1, -3
+        ok = libc.mallopt(m_mmap_threshold, 1 << 30) and libc.mallopt(m_trim_threshold, (1 << 31) - 1)
+        return bool(ok)
+    except (OSError, AttributeError):
+        return False
+
+
 @dataclass(eq=False)
 class Request:
     request_id: str
@@ -54,6 +73,8 @@ class LLMEngine:
         self.config = config
         if config.num_threads:
             torch.set_num_threads(config.num_threads)
+        if config.tune_malloc:
+            keep_freed_memory_in_heap()
         path = resolve_model_path(config.model, cache_dir=config.cache_dir)
         self.loaded = load_model(path, dtype=config.dtype, device=config.device,
                                  max_model_len=config.max_model_len)

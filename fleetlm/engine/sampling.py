@@ -88,7 +88,9 @@ def sample(logits: torch.Tensor, seqs: list[Sequence], gen: torch.Generator) -> 
     sequence's own generator."""
     logprob_rows = [i for i, s in enumerate(seqs) if s.params.logprobs is not None]
     raw_lp = torch.log_softmax(logits[logprob_rows].float(), dim=-1) if logprob_rows else None
-    tokens = logits.argmax(dim=-1).tolist()
+    # max().indices: the first maximal index, like argmax, but vectorised for bf16 on CPU
+    # (argmax on a (64, 262k) bf16 tensor takes 29 ms here, max 5 ms)
+    tokens = logits.max(dim=-1).indices.tolist()
     special = [i for i, s in enumerate(seqs) if not _plain_greedy(s)]
     if special:
         sub = logits[special].float()  # a copy: the raw logits stay untouched
