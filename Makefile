@@ -1,11 +1,14 @@
-# The two commands of the README: `make generate` (set up + run the engine on the embedded
-# model) and `make test` (set up + run every test, the slow real-model ones included).
+# The two commands of the README: `make serve` (set up + start the OpenAI-compatible server
+# on the embedded model) and `make test` (set up + run every test, the slow ones included).
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 PROMPT ?= The Eiffel Tower is located in the city of
 
-.PHONY: install generate test bench clean
+HOST ?= 127.0.0.1
+PORT ?= 8000
+
+.PHONY: install serve generate test bench clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -15,6 +18,9 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed
 
+serve: install
+	$(VENV)/bin/fleet serve --host $(HOST) --port $(PORT)
+
 generate: install
 	$(VENV)/bin/fleet generate --prompt "$(PROMPT)"
 
@@ -23,6 +29,8 @@ test: install
 
 bench: install
 	$(PY) benchmarks/engine_throughput.py
+	$(PY) benchmarks/engine_throughput.py --prefix
+	$(PY) benchmarks/serve_load.py
 
 clean:
 	rm -rf $(VENV)
