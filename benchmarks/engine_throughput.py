@@ -46,7 +46,8 @@ class Result:
 
 
 class PeakRSS:
-    """Peak resident memory of this process while a block runs (sampled every 50 ms)."""
+    """Peak resident memory of this process while a block runs (sampled every 50 ms); each
+    engine runs in its own process (see `isolated`), so this includes its loaded weights."""
 
     def __enter__(self):
         import threading
@@ -184,6 +185,15 @@ def measure_peaks(dtype: torch.dtype) -> tuple[float, float]:
     return flops, 2 * src.numel() * 4 / t  # a copy reads and writes every byte
 
 
+def isolated(fn, *args, **kwargs):
+    """Run one engine's measurement in a fresh process, so that its peak RSS is its own and
+    no memory, threads or allocator state carry over from the engine measured before it."""
+    import multiprocessing as mp
+
+    with mp.get_context("spawn").Pool(1) as pool:
+        return pool.apply(fn, args, kwargs)
+
+
 def _timed(fn) -> float:
     t = time.perf_counter()
     fn()
@@ -294,19 +304,19 @@ def main() -> int:
     prompts = workload(n, config.vocab_size, bos)
     print(f"workload: {n} requests, prompt tokens {min(map(len, prompts))}-{max(map(len, prompts))} "
           f"(total {sum(map(len, prompts))}), {args.max_tokens} output tokens each, greedy, ignore EOS")
-    results = [run_fleetlm(folder, prompts, args.max_tokens, dtype_name, max_num_seqs=args.max_num_seqs,
-                           max_num_batched_tokens=args.budget)]
+    results = [isolated(run_fleetlm, folder, prompts, args.max_tokens, dtype_name,
+                        max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.budget)]
     print(table(results[-1:]).splitlines()[-1], flush=True)
     hf_best = None
     if not args.skip_hf:
         sizes = args.hf_batch_sizes or ("16" if args.quick else "8,16,32,64")
         for bsz in [int(s) for s in sizes.split(",")]:
-            r = run_hf(folder, prompts, args.max_tokens, torch_dtype, bsz)
+            r = isolated(run_hf, folder, prompts, args.max_tokens, torch_dtype, bsz)
             results.append(r)
             print(table([r]).splitlines()[-1], flush=True)
             hf_best = r if hf_best is None or r.tok_s > hf_best.tok_s else hf_best
     if not (args.skip_llamacpp or args.quick):
-        r = run_llamacpp(prompts, args.max_tokens)
+        r = isolated(run_llamacpp, prompts, args.max_tokens)
         if r is not None:
             results.append(r)
     flops, bw = measure_peaks(torch_dtype)

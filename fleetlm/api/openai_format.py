@@ -43,27 +43,12 @@ def usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int) -> dic
             "prompt_tokens_details": {"cached_tokens": cached_tokens}}
 
 
-def chat_response(rid: str, model: str, choices: list[dict], use: dict) -> dict:
-    return {"id": rid, "object": "chat.completion", "created": int(time.time()), "model": model,
-            "choices": choices, "usage": use, "system_fingerprint": "fleetlm"}
-
-
-def chat_chunk(rid: str, model: str, created: int, choices: list[dict], use: dict | None = None) -> dict:
-    chunk = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": model,
-             "choices": choices, "system_fingerprint": "fleetlm"}
+def envelope(kind: str, rid: str, model: str, choices: list[dict], use: dict | None = None,
+             created: int | None = None) -> dict:
+    """A response or stream chunk: kind is "chat.completion", "chat.completion.chunk" or
+    "text_completion" (OpenAI uses the last for both completion responses and chunks)."""
+    body = {"id": rid, "object": kind, "created": created if created is not None else int(time.time()),
+            "model": model, "choices": choices, "system_fingerprint": "fleetlm"}
     if use is not None:
-        chunk["usage"] = use
-    return chunk
-
-
-def completion_response(rid: str, model: str, choices: list[dict], use: dict) -> dict:
-    return {"id": rid, "object": "text_completion", "created": int(time.time()), "model": model,
-            "choices": choices, "usage": use, "system_fingerprint": "fleetlm"}
-
-
-def completion_chunk(rid: str, model: str, created: int, choices: list[dict], use: dict | None = None) -> dict:
-    chunk = {"id": rid, "object": "text_completion", "created": created, "model": model,
-             "choices": choices, "system_fingerprint": "fleetlm"}
-    if use is not None:
-        chunk["usage"] = use
-    return chunk
+        body["usage"] = use
+    return body

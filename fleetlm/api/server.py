@@ -7,6 +7,7 @@ left in the engine and stops its thread."""
 from __future__ import annotations
 
 import logging
+import threading
 from pathlib import Path
 
 from fleetlm.config import EngineConfig, ServerConfig
@@ -33,6 +34,11 @@ def build_app(engine_config: EngineConfig, server_config: ServerConfig):
         except Exception as exc:  # the server still serves generation without it
             log.warning("embeddings disabled: %s", exc)
     from fleetlm.api.serving import response_format_to_structured as structured
+
+    # The grammar compiler's tokenizer table takes a few seconds for a 262k vocabulary: build
+    # it now, off the request path, so the first structured request does not stall the loop.
+    threading.Thread(target=lambda: llm.engine.grammar().prepare(), name="fleetlm-grammar-prep",
+                     daemon=True).start()
     model_id = server_config.served_model_name or model_id_for(engine_config)
     return create_app(server_config, llm, model_id=model_id, embedder=embedder, structured=structured)
 

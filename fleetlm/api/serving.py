@@ -190,7 +190,7 @@ class Serving:
                 "logprobs": fmt.chat_logprobs(self.tokenizer, c.logprobs) if want_lp else None,
                 "finish_reason": _finish(c.finish_reason)})
         use = self._record("chat", finals, [len(ids)], t0)
-        return JSONResponse(fmt.chat_response(rid, req.model, choices, use))
+        return JSONResponse(fmt.envelope("chat.completion", rid, req.model, choices, use))
 
     async def _chat_events(self, req, ids, params, rid, t0) -> AsyncIterator[str]:
         created = int(time.time())
@@ -213,10 +213,10 @@ class Serving:
                     choice["logprobs"] = fmt.chat_logprobs(self.tokenizer, c.logprobs[n_lp:])
                     sent_lp[c.index] = len(c.logprobs)
                 sent_text[c.index] = len(c.text)
-                yield sse(fmt.chat_chunk(rid, req.model, created, [choice]))
+                yield sse(fmt.envelope("chat.completion.chunk", rid, req.model, [choice], created=created))
         use = self._record("chat", finals, [len(ids)], t0)
         if req.stream_options and req.stream_options.include_usage:
-            yield sse(fmt.chat_chunk(rid, req.model, created, [], use))
+            yield sse(fmt.envelope("chat.completion.chunk", rid, req.model, [], use, created))
         yield sse("[DONE]")
 
     # ---- completions -----------------------------------------------------------------
@@ -243,7 +243,7 @@ class Serving:
                     if req.logprobs is not None else None,
                     "finish_reason": _finish(c.finish_reason)})
         use = self._record("completions", finals, [len(p) for p in prompts], t0)
-        return JSONResponse(fmt.completion_response(rid, req.model, choices, use))
+        return JSONResponse(fmt.envelope("text_completion", rid, req.model, choices, use))
 
     async def _completion_events(self, req, prompts, params, rid, t0, echo) -> AsyncIterator[str]:
         created = int(time.time())
@@ -264,10 +264,10 @@ class Serving:
                     choice["logprobs"] = fmt.completion_logprobs(self.tokenizer, c.logprobs[n_lp:])
                     sent_lp[idx] = len(c.logprobs)
                 sent_text[idx] = len(c.text)
-                yield sse(fmt.completion_chunk(rid, req.model, created, [choice]))
+                yield sse(fmt.envelope("text_completion", rid, req.model, [choice], created=created))
         use = self._record("completions", finals, [len(p) for p in prompts], t0)
         if req.stream_options and req.stream_options.include_usage:
-            yield sse(fmt.completion_chunk(rid, req.model, created, [], use))
+            yield sse(fmt.envelope("text_completion", rid, req.model, [], use, created))
         yield sse("[DONE]")
 
     @staticmethod
