@@ -141,10 +141,14 @@ void decode_bf16_avx512(const c10::BFloat16* q, const c10::BFloat16* k, const c1
                         const int64_t* tables, const int64_t* lens, c10::BFloat16* out, int64_t B,
                         int64_t H, int64_t D, int64_t block_size, int64_t max_blocks, int64_t window,
                         float scale) {
-  at::parallel_for(0, B * H, 1, [&](int64_t begin, int64_t end) {
+  // Sequences differ in length, so rows are handed out dynamically (static halves would leave
+  // one core idle while the other finishes the long ones).
+#pragma omp parallel num_threads(at::get_num_threads())
+  {
     std::vector<float> scores;
     std::vector<const uint16_t*> vrows;
-    for (int64_t idx = begin; idx < end; ++idx) {
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t idx = 0; idx < B * H; ++idx) {
       const int64_t b = idx / H, h = idx % H;
       const int64_t len = lens[b];
       const int64_t first = window > 0 ? std::max<int64_t>(0, len - window) : 0;
@@ -188,7 +192,7 @@ void decode_bf16_avx512(const c10::BFloat16* q, const c10::BFloat16* k, const c1
         }
       }
     }
-  });
+  }
 }
 #define FLEETLM_HAS_AVX512BF16 1
 #endif
