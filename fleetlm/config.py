@@ -77,3 +77,47 @@ class ServerConfig:
     @classmethod
     def from_dict(cls, values: dict) -> "ServerConfig":
         return _from_dict(cls, values)
+
+
+@dataclass(kw_only=True)
+class UpstreamConfig:
+    """An OpenAI-compatible server whose models are served as `upstream/<name>/<model>`."""
+
+    name: str
+    base_url: str  # e.g. http://127.0.0.1:8001/v1
+    models: list[str]
+    api_key_env: str | None = None  # environment variable holding its API key (never the key itself)
+    price_input_per_mtok: float = 0.0  # $ per million prompt tokens
+    price_output_per_mtok: float = 0.0  # $ per million completion tokens
+    timeout_s: float = 120.0  # whole request (a stream: between chunks)
+    connect_timeout_s: float = 5.0
+
+    def __post_init__(self):
+        if not self.name or "/" in self.name:
+            raise ValueError(f"upstream name must be non-empty without '/', got {self.name!r}")
+        if not self.base_url.startswith(("http://", "https://")):
+            raise ValueError(f"upstream {self.name}: base_url must start with http:// or https://")
+        if not self.models:
+            raise ValueError(f"upstream {self.name}: list at least one model")
+        if self.timeout_s <= 0 or self.connect_timeout_s <= 0:
+            raise ValueError(f"upstream {self.name}: timeouts must be > 0")
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "UpstreamConfig":
+        return _from_dict(cls, values)
+
+
+def load_fleet_toml(path: str) -> list[UpstreamConfig]:
+    """Read `[[upstream]]` tables from a fleet.toml; unknown tables or keys are errors."""
+    import tomllib
+
+    with open(path, "rb") as f:
+        data = tomllib.load(f)
+    unknown = sorted(set(data) - {"upstream"})
+    if unknown:
+        raise ValueError(f"{path}: unknown table(s) {', '.join(unknown)}; known: upstream")
+    ups = [UpstreamConfig.from_dict(u) for u in data.get("upstream", [])]
+    names = [u.name for u in ups]
+    if len(names) != len(set(names)):
+        raise ValueError(f"{path}: upstream names must be unique")
+    return ups

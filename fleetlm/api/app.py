@@ -8,6 +8,8 @@ from __future__ import annotations
 import asyncio
 import hmac
 import time
+
+import httpx
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
@@ -16,7 +18,9 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from fleetlm.api.errors import APIError, error_response, install_error_handlers
 from fleetlm.api.metrics import Metrics
 from fleetlm.api.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
-from fleetlm.api.serving import LocalModel, Serving
+from fleetlm.api.serving import LocalModel, LocalTarget, Serving
+from fleetlm.backends.upstream import upstream_targets
+from fleetlm.catalog import Catalog
 from fleetlm.config import ServerConfig
 from fleetlm.engine.async_engine import AsyncLLM
 
@@ -62,15 +66,26 @@ class _TooLarge(Exception):
 
 
 def create_app(config: ServerConfig, llm: AsyncLLM, *, model_id: str, embedder=None,
-               structured=None) -> FastAPI:
+               structured=None, upstreams=()) -> FastAPI:
+    """upstreams: `UpstreamConfig`s whose models are served as upstream/<name>/<model>."""
     metrics = Metrics()
     metrics.bind_engine(llm.engine)
-    local = LocalModel(model_id, llm, int(time.time()))
+    created = int(time.time())
+    local = LocalModel(model_id, llm, created)
     serving = Serving(local, metrics, structured=structured)
+    clients = []
+    targets = [LocalTarget(serving)]
+    for up in upstreams:
+        client = httpx.AsyncClient(timeout=httpx.Timeout(up.timeout_s, connect=up.connect_timeout_s))
+        clients.append(client)
+        targets += upstream_targets(up, client)
+    catalog = Catalog(targets)
 
     @asynccontextmanager
     async def lifespan(_app):
         yield
+        for client in clients:
+            await client.aclose()
         llm.shutdown()  # aborts whatever is still running, frees the engine thread
 
     app = FastAPI(title="fleetlm", version="0.1.0", lifespan=lifespan)
@@ -92,9 +107,8 @@ def create_app(config: ServerConfig, llm: AsyncLLM, *, model_id: str, embedder=N
 
     app.add_middleware(BodyLimit, max_bytes=config.max_body_bytes)
 
-    def check_model(name: str, *, kind: str = "generate") -> None:
-        ids = {model_id} if kind == "generate" else ({embedder.model_id} if embedder else set())
-        if name not in ids:
+    def check_embedding_model(name: str) -> None:
+        if embedder is None or name != embedder.model_id:
             raise APIError(404, f"The model {name!r} does not exist; see GET /v1/models", param="model",
                            code="model_not_found")
 
@@ -117,8 +131,7 @@ def create_app(config: ServerConfig, llm: AsyncLLM, *, model_id: str, embedder=N
 
     @app.get("/v1/models")
     async def models():
-        data = [{"id": model_id, "object": "model", "created": local.created, "owned_by": "fleetlm",
-                 "max_model_len": local.max_model_len}]
+        data = catalog.cards(created)
         if embedder is not None:
             data.append({"id": embedder.model_id, "object": "model", "created": local.created,
                          "owned_by": "fleetlm"})
@@ -126,19 +139,21 @@ def create_app(config: ServerConfig, llm: AsyncLLM, *, model_id: str, embedder=N
 
     @app.post("/v1/chat/completions")
     async def chat(req: ChatCompletionRequest, raw: Request) -> Response:
-        check_model(req.model)
-        admit()
-        return await serving.chat(req, raw)
+        target = catalog.resolve(req.model)
+        if target.model_id == model_id:
+            admit()
+        return await target.chat(req, raw)
 
     @app.post("/v1/completions")
     async def completions(req: CompletionRequest, raw: Request) -> Response:
-        check_model(req.model)
-        admit()
-        return await serving.complete(req, raw)
+        target = catalog.resolve(req.model)
+        if target.model_id == model_id:
+            admit()
+        return await target.complete(req, raw)
 
     @app.post("/v1/embeddings")
     async def embeddings(req: EmbeddingRequest) -> Response:
-        check_model(req.model, kind="embed")
+        check_embedding_model(req.model)
         from fleetlm.models.embeddings import encode_vector
 
         if req.dimensions is not None and req.dimensions != embedder.dim:

@@ -20,7 +20,7 @@ def model_id_for(engine_config: EngineConfig) -> str:
     return path.name if path.is_dir() else engine_config.model
 
 
-def build_app(engine_config: EngineConfig, server_config: ServerConfig):
+def build_app(engine_config: EngineConfig, server_config: ServerConfig, upstreams=()):
     from fleetlm.api.app import create_app
     from fleetlm.engine.async_engine import AsyncLLM
 
@@ -40,12 +40,13 @@ def build_app(engine_config: EngineConfig, server_config: ServerConfig):
     threading.Thread(target=lambda: llm.engine.grammar().prepare(), name="fleetlm-grammar-prep",
                      daemon=True).start()
     model_id = server_config.served_model_name or model_id_for(engine_config)
-    return create_app(server_config, llm, model_id=model_id, embedder=embedder, structured=structured)
+    return create_app(server_config, llm, model_id=model_id, embedder=embedder, structured=structured,
+                      upstreams=upstreams)
 
 
-def serve(engine_config: EngineConfig, server_config: ServerConfig) -> None:
+def serve(engine_config: EngineConfig, server_config: ServerConfig, upstreams=()) -> None:
     import uvicorn
 
-    app = build_app(engine_config, server_config)
+    app = build_app(engine_config, server_config, upstreams)
     uvicorn.run(app, host=server_config.host, port=server_config.port, log_level="info",
                 timeout_graceful_shutdown=server_config.shutdown_timeout_s)

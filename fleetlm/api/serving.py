@@ -44,6 +44,24 @@ class LocalModel:
         return self.llm.engine.max_model_len
 
 
+class LocalTarget:
+    """The in-process engine as a catalog Target."""
+
+    def __init__(self, serving: "Serving"):
+        self.serving = serving
+        self.model_id = serving.model.model_id
+
+    def card(self, created: int) -> dict:
+        return {"id": self.model_id, "object": "model", "created": created, "owned_by": "fleetlm",
+                "max_model_len": self.serving.model.max_model_len}
+
+    async def chat(self, req, raw):
+        return await self.serving.chat(req, raw)
+
+    async def complete(self, req, raw):
+        return await self.serving.complete(req, raw)
+
+
 def sse(data: dict | str) -> str:
     return f"data: {data if isinstance(data, str) else json.dumps(data, ensure_ascii=False)}\n\n"
 

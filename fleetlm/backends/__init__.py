@@ -1,0 +1,1 @@
+"""Targets behind model ids: the local engine and upstream OpenAI-compatible servers."""
