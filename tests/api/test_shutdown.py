@@ -1,0 +1,49 @@
+"""Graceful shutdown of `fleet serve`: on SIGTERM a stream in flight still completes, then the
+process exits."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import httpx
+
+from tests.api.conftest import free_port
+
+
+def test_sigterm_lets_the_running_stream_finish(tiny_gemma):
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    proc = subprocess.Popen([sys.executable, "-m", "fleetlm.cli", "serve", "--model", str(tiny_gemma),
+                             "--port", str(port), "--dtype", "float32", "--no-embeddings"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        body = {"model": tiny_gemma.name, "prompt": "go", "max_tokens": 400, "stream": True, "ignore_eos": True,
+                "stream_options": {"include_usage": True}}
+        usage, done, signalled = None, False, False
+        with httpx.stream("POST", f"{url}/v1/completions", json=body, timeout=60) as resp:
+            for line in resp.iter_lines():
+                if not signalled and line.startswith("data: {"):
+                    proc.send_signal(signal.SIGTERM)  # mid-stream
+                    signalled = True
+                if line == "data: [DONE]":
+                    done = True
+                elif line.startswith("data: {") and json.loads(line[6:]).get("usage"):
+                    usage = json.loads(line[6:])["usage"]
+        assert signalled and done
+        assert usage["completion_tokens"] == 400  # finished, not cut off
+        assert proc.wait(60) in (0, -signal.SIGTERM)
+        assert "Application shutdown complete" in proc.stdout.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
