@@ -78,12 +78,12 @@ def cmd_serve(args) -> int:
                           served_model_name=args.served_model_name,
                           max_pending_requests=args.max_pending_requests,
                           enable_embeddings=not args.no_embeddings)
-    upstreams = []
+    fleet_file = None
     if args.config:
         from fleetlm.config import load_fleet_toml
 
-        upstreams = load_fleet_toml(args.config)
-    serve(engine, server, upstreams)
+        fleet_file = load_fleet_toml(args.config)
+    serve(engine, server, fleet_file)
     return 0
 
 
@@ -226,7 +226,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-pending-requests", type=int, default=256)
     s.add_argument("--no-embeddings", action="store_true", help="do not load all-MiniLM-L6-v2")
     s.add_argument("--config", default=None,
-                   help="fleet.toml with [[upstream]] servers, served as upstream/<name>/<model>")
+                   help="fleet.toml with [[upstream]] servers (upstream/<name>/<model>) and "
+                        "[[router]]s (router/<name>)")
     s.set_defaults(func=cmd_serve)
 
     for name, fn, doc in [("chat", cmd_chat, "chat with a running server, or with the engine in-process"),

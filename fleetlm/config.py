@@ -107,17 +107,56 @@ class UpstreamConfig:
         return _from_dict(cls, values)
 
 
-def load_fleet_toml(path: str) -> list[UpstreamConfig]:
-    """Read `[[upstream]]` tables from a fleet.toml; unknown tables or keys are errors."""
+@dataclass(kw_only=True)
+class RouterConfig:
+    """A router served as `router/<name>` (and `router/auto` when `default`)."""
+
+    name: str
+    # candidate name (as the routing policy knows it) -> catalog model id that serves it
+    candidates: dict[str, str]
+    path: str | None = None  # a trained router folder (fleet router train --out ...)
+    order: list[str] | None = None  # without `path`: a fixed preference order (fallback chain)
+    lam: float | None = None  # quality - lam * cost trade-off; None keeps the trained router's
+    cooldown_s: float = 30.0  # a failing candidate is skipped this long
+    default: bool = False  # also serve it as router/auto
+
+    def __post_init__(self):
+        if not self.name or "/" in self.name or self.name == "auto":
+            raise ValueError(f"router name must be non-empty, without '/', not 'auto': {self.name!r}")
+        if not self.candidates:
+            raise ValueError(f"router {self.name}: list its candidates")
+        if (self.path is None) == (self.order is None):
+            raise ValueError(f"router {self.name}: give exactly one of path (trained) or order (fixed)")
+        if self.order is not None and set(self.order) - set(self.candidates):
+            raise ValueError(f"router {self.name}: order names unknown candidates "
+                             f"{sorted(set(self.order) - set(self.candidates))}")
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "RouterConfig":
+        return _from_dict(cls, values)
+
+
+@dataclass
+class FleetFile:
+    upstreams: list[UpstreamConfig]
+    routers: list[RouterConfig]
+
+
+def load_fleet_toml(path: str) -> FleetFile:
+    """Read `[[upstream]]` and `[[router]]` tables from a fleet.toml; unknown tables or keys
+    are errors."""
     import tomllib
 
     with open(path, "rb") as f:
         data = tomllib.load(f)
-    unknown = sorted(set(data) - {"upstream"})
+    unknown = sorted(set(data) - {"upstream", "router"})
     if unknown:
-        raise ValueError(f"{path}: unknown table(s) {', '.join(unknown)}; known: upstream")
+        raise ValueError(f"{path}: unknown table(s) {', '.join(unknown)}; known: upstream, router")
     ups = [UpstreamConfig.from_dict(u) for u in data.get("upstream", [])]
-    names = [u.name for u in ups]
-    if len(names) != len(set(names)):
-        raise ValueError(f"{path}: upstream names must be unique")
-    return ups
+    routers = [RouterConfig.from_dict(r) for r in data.get("router", [])]
+    for kind, names in (("upstream", [u.name for u in ups]), ("router", [r.name for r in routers])):
+        if len(names) != len(set(names)):
+            raise ValueError(f"{path}: {kind} names must be unique")
+    if sum(r.default for r in routers) > 1:
+        raise ValueError(f"{path}: at most one router can be the default (router/auto)")
+    return FleetFile(ups, routers)

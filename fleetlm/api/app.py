@@ -19,6 +19,7 @@ from fleetlm.api.errors import APIError, error_response, install_error_handlers
 from fleetlm.api.metrics import Metrics
 from fleetlm.api.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 from fleetlm.api.serving import LocalModel, LocalTarget, Serving
+from fleetlm.backends.router import RouterTarget, fixed_order
 from fleetlm.backends.upstream import upstream_targets
 from fleetlm.catalog import Catalog
 from fleetlm.config import ServerConfig
@@ -65,9 +66,34 @@ class _TooLarge(Exception):
     pass
 
 
+def build_routers(configs, by_id: dict, metrics: Metrics) -> list[RouterTarget]:
+    """RouterTargets (plus router/auto for the default one) over already-built Targets."""
+    out = []
+    for cfg in configs:
+        missing = sorted(set(cfg.candidates.values()) - set(by_id))
+        if missing:
+            raise ValueError(f"router {cfg.name}: unknown candidate model ids {missing}")
+        if cfg.path is not None:
+            from fleetlm.compound.router.router import Router
+
+            router = Router.load(cfg.path)
+            if cfg.lam is not None:
+                router.lam = cfg.lam
+            rank = router.rank
+        else:
+            rank = fixed_order(cfg.order)
+        candidates = {name: by_id[mid] for name, mid in cfg.candidates.items()}
+        ids = [f"router/{cfg.name}"] + (["router/auto"] if cfg.default else [])
+        for rid in ids:
+            out.append(RouterTarget(rid, rank, candidates, cooldown_s=cfg.cooldown_s,
+                                    on_served=lambda r, m: metrics.routed.labels(r, m).inc()))
+    return out
+
+
 def create_app(config: ServerConfig, llm: AsyncLLM, *, model_id: str, embedder=None,
-               structured=None, upstreams=()) -> FastAPI:
-    """upstreams: `UpstreamConfig`s whose models are served as upstream/<name>/<model>."""
+               structured=None, upstreams=(), routers=()) -> FastAPI:
+    """upstreams: `UpstreamConfig`s whose models are served as upstream/<name>/<model>;
+    routers: `RouterConfig`s served as router/<name> over those (and the local) Targets."""
     metrics = Metrics()
     metrics.bind_engine(llm.engine)
     created = int(time.time())
@@ -79,6 +105,7 @@ def create_app(config: ServerConfig, llm: AsyncLLM, *, model_id: str, embedder=N
         client = httpx.AsyncClient(timeout=httpx.Timeout(up.timeout_s, connect=up.connect_timeout_s))
         clients.append(client)
         targets += upstream_targets(up, client)
+    targets += build_routers(routers, {t.model_id: t for t in targets}, metrics)
     catalog = Catalog(targets)
 
     @asynccontextmanager

@@ -31,6 +31,8 @@ class Metrics:
         self.running = Gauge("fleetlm_num_requests_running", "Sequences running in the engine", registry=r)
         self.kv_usage = Gauge("fleetlm_kv_cache_usage_ratio", "Fraction of KV-cache blocks in use", registry=r)
         self.pending = Gauge("fleetlm_num_requests_pending", "HTTP generation requests in flight", registry=r)
+        self.routed = Counter("fleetlm_routed_requests", "Requests a router sent to each model",
+                              ["router", "model"], registry=r)
         self.prefix_hit = Gauge("fleetlm_prefix_cache_hit_ratio", "Prompt tokens served from the prefix cache",
                                 registry=r)
 

@@ -20,7 +20,7 @@ def model_id_for(engine_config: EngineConfig) -> str:
     return path.name if path.is_dir() else engine_config.model
 
 
-def build_app(engine_config: EngineConfig, server_config: ServerConfig, upstreams=()):
+def build_app(engine_config: EngineConfig, server_config: ServerConfig, fleet_file=None):
     from fleetlm.api.app import create_app
     from fleetlm.engine.async_engine import AsyncLLM
 
@@ -41,12 +41,13 @@ def build_app(engine_config: EngineConfig, server_config: ServerConfig, upstream
                      daemon=True).start()
     model_id = server_config.served_model_name or model_id_for(engine_config)
     return create_app(server_config, llm, model_id=model_id, embedder=embedder, structured=structured,
-                      upstreams=upstreams)
+                      upstreams=fleet_file.upstreams if fleet_file else (),
+                      routers=fleet_file.routers if fleet_file else ())
 
 
-def serve(engine_config: EngineConfig, server_config: ServerConfig, upstreams=()) -> None:
+def serve(engine_config: EngineConfig, server_config: ServerConfig, fleet_file=None) -> None:
     import uvicorn
 
-    app = build_app(engine_config, server_config, upstreams)
+    app = build_app(engine_config, server_config, fleet_file)
     uvicorn.run(app, host=server_config.host, port=server_config.port, log_level="info",
                 timeout_graceful_shutdown=server_config.shutdown_timeout_s)

@@ -34,13 +34,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(model_folder, *, embedder=None, structured=None, upstreams=(), **server_kw):
+def start_server(model_folder, *, embedder=None, structured=None, upstreams=(), routers=(), **server_kw):
     import uvicorn
 
     llm = AsyncLLM(EngineConfig(model=str(model_folder), dtype="float32", max_model_len=256))
     config = ServerConfig(port=free_port(), **server_kw)
     app = create_app(config, llm, model_id="tiny", embedder=embedder, structured=structured,
-                     upstreams=upstreams)
+                     upstreams=upstreams, routers=routers)
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=config.port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

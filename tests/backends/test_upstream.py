@@ -70,7 +70,7 @@ def test_upstream_errors_keep_their_status_and_a_dead_upstream_is_502(pair):
 def test_fleet_toml_is_validated(tmp_path):
     good = tmp_path / "fleet.toml"
     good.write_text('[[upstream]]\nname = "a"\nbase_url = "http://127.0.0.1:9/v1"\nmodels = ["m"]\n')
-    assert load_fleet_toml(str(good))[0].models == ["m"]
+    assert load_fleet_toml(str(good)).upstreams[0].models == ["m"]
     bad = tmp_path / "bad.toml"
     bad.write_text('[[upstream]]\nname = "a"\nbase_url = "http://x/v1"\nmodels = ["m"]\nbase_ulr = "typo"\n')
     with pytest.raises(ValueError, match="base_ulr"):
