@@ -20,13 +20,15 @@ def _engine_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", default="auto", help="auto | bfloat16 | float32 (auto: bf16 where fast)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--max-model-len", type=int, default=None)
+    p.add_argument("--kv-cache-gb", type=float, default=1.0, help="KV-cache memory (GiB)")
     p.add_argument("--cache-dir", default=None, help="where the embedded model is unpacked "
                                                      "(default $FLEETLM_CACHE_DIR or ~/.cache/fleetlm)")
 
 
 def _engine_config(args) -> EngineConfig:
     return EngineConfig(model=args.model, dtype=args.dtype, device=args.device,
-                        max_model_len=args.max_model_len, cache_dir=args.cache_dir)
+                        max_model_len=args.max_model_len, cache_dir=args.cache_dir,
+                        kv_cache_memory_gb=args.kv_cache_gb)
 
 
 def cmd_generate(args) -> int:

@@ -21,7 +21,7 @@ class EngineConfig:
     device: str = "auto"  # auto: cuda if available, else cpu
     max_model_len: int | None = None  # tokens per sequence; default min(model limit, 8192)
     block_size: int = 16  # tokens per KV-cache block
-    kv_cache_memory_gb: float = 2.0  # KV-cache size when num_kv_blocks is not given
+    kv_cache_memory_gb: float = 1.0  # KV-cache size when num_kv_blocks is not given (gemma-3-270m: 18 KiB/token)
     num_kv_blocks: int | None = None  # exact number of KV blocks (tests use it to force preemption)
     max_num_seqs: int = 64  # sequences running at once
     max_num_batched_tokens: int = 512  # token budget per step (prompt chunks + decodes)

@@ -73,8 +73,6 @@ class LLMEngine:
         self.config = config
         if config.num_threads:
             torch.set_num_threads(config.num_threads)
-        if config.tune_malloc:
-            keep_freed_memory_in_heap()
         path = resolve_model_path(config.model, cache_dir=config.cache_dir)
         self.loaded = load_model(path, dtype=config.dtype, device=config.device,
                                  max_model_len=config.max_model_len)
@@ -98,6 +96,9 @@ class LLMEngine:
                                   dtype=self.loaded.dtype, device=self.loaded.device,
                                   decode_kernel=self._decode_kernel())
         self.gen = torch.Generator(device=self.loaded.device).manual_seed(config.seed)
+        if config.tune_malloc and self.loaded.device.type == "cpu":
+            # only now: the load-time temporaries (fp32 weights) went back to the OS
+            keep_freed_memory_in_heap()
         self.requests: dict[str, Request] = {}
         self._grammar = None
         self._grammar_lock = threading.Lock()
