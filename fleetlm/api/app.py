@@ -26,6 +26,8 @@ from fleetlm.config import ServerConfig
 from fleetlm.engine.async_engine import AsyncLLM
 
 OPEN_PATHS = ("/health", "/metrics", "/docs", "/openapi.json")
+# metric labels: known routes only, so random paths cannot grow the label set without bound
+ROUTES = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/models")
 
 
 class BodyLimit:
@@ -125,11 +127,11 @@ def create_app(config: ServerConfig, llm: AsyncLLM, *, model_id: str, embedder=N
             header = request.headers.get("authorization", "")
             token = header[7:] if header.lower().startswith("bearer ") else ""
             if not hmac.compare_digest(token.encode(), config.api_key.encode()):
-                metrics.requests.labels(path, "401").inc()
+                metrics.requests.labels(path if path in ROUTES else "other", "401").inc()
                 return error_response(401, "invalid or missing API key (Authorization: Bearer ...)",
                                       code="invalid_api_key")
         response = await call_next(request)
-        metrics.requests.labels(path if path.startswith("/v1/") else "other", str(response.status_code)).inc()
+        metrics.requests.labels(path if path in ROUTES else "other", str(response.status_code)).inc()
         return response
 
     app.add_middleware(BodyLimit, max_bytes=config.max_body_bytes)
