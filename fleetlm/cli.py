@@ -232,6 +232,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "[[router]]s (router/<name>)")
     s.set_defaults(func=cmd_serve)
 
+    from fleetlm.compound.router.cli import add_router_parser
+
+    add_router_parser(sub)
+
     for name, fn, doc in [("chat", cmd_chat, "chat with a running server, or with the engine in-process"),
                           ("models", cmd_models, "list the models of a running server (or the local ones)")]:
         c = sub.add_parser(name, help=doc)

@@ -81,6 +81,11 @@ def build_routers(configs, by_id: dict, metrics: Metrics) -> list[RouterTarget]:
             router = Router.load(cfg.path)
             if cfg.lam is not None:
                 router.lam = cfg.lam
+            unknown = sorted(set(cfg.candidates) - set(router.models))
+            if unknown:
+                raise ValueError(f"router {cfg.name}: candidates {unknown} are not models of {cfg.path} "
+                                 f"({', '.join(router.models)})")
+            router.rank("warm-up")  # loads the embedding model now, not on the first request
             rank = router.rank
         else:
             rank = fixed_order(cfg.order)

@@ -12,6 +12,7 @@ in the `x-fleetlm-served-by` header.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable
@@ -50,10 +51,10 @@ class RouterTarget:
     async def complete(self, req, raw):
         return await self._route(req, raw, "complete")
 
-    def order(self, prompt: str) -> list[object]:
+    def order(self, ranked: list[str]) -> list[object]:
         """Candidate Targets to try, best first: ranked ones, then any the policy left out;
         those cooling down go last (still tried if everything else fails)."""
-        names = [n for n in self.rank(prompt) if n in self.candidates]
+        names = [n for n in ranked if n in self.candidates]
         names += [n for n in self.candidates if n not in names]
         now = time.monotonic()
         ready = [n for n in names if self.cooling.get(self.candidates[n].model_id, 0.0) <= now]
@@ -62,7 +63,9 @@ class RouterTarget:
 
     async def _route(self, req, raw, kind: str):
         errors = []
-        for target in self.order(prompt_text(req)):
+        # a trained policy embeds the prompt (~10 ms of CPU): off the event loop
+        ranked = await asyncio.to_thread(self.rank, prompt_text(req))
+        for target in self.order(ranked):
             sub = req.model_copy(update={"model": target.model_id})
             try:
                 resp = await getattr(target, kind)(sub, raw)

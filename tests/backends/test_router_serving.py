@@ -65,3 +65,37 @@ def test_stopping_a_server_mid_test_loses_no_request(fleet):
     assert {served for _, served, _ in results[8:]} == {"upstream/b/tiny"}
     # direct use of the dead upstream is an honest 502, not a hang
     assert ask(front, "upstream/a/tiny")[0] == 502
+
+
+def test_a_trained_router_sends_each_query_where_its_policy_says(tiny_gemma, tmp_path):
+    """A router trained on synthetic outcomes (model A right on arithmetic, B on poems) routes
+    through the server to the matching upstream."""
+    from fleetlm.compound.router.data import RoutingExample
+    from fleetlm.compound.router.router import train_router
+
+    math = [f"What is {a} plus {b}? Compute the sum." for a in range(3, 23) for b in (4, 9)]
+    poems = [f"Write a short poem about the {w} at dusk." for w in
+             "sea moon river forest mountain garden city desert rain snow wind fire stars clouds field "
+             "lake bridge tower road valley".split() for _ in (0, 1)]
+    examples = [RoutingExample(p, {"A": 1.0, "B": 0.0}, {"A": 0.001, "B": 0.001}) for p in math]
+    examples += [RoutingExample(p, {"A": 0.0, "B": 1.0}, {"A": 0.001, "B": 0.001}) for p in poems]
+    train_router(examples, policy="knn", params={"k": 5}).save(tmp_path / "r")
+
+    a, a_srv, a_thread = start_server(tiny_gemma)
+    b, b_srv, b_thread = start_server(tiny_gemma)
+    ups = [UpstreamConfig(name="a", base_url=f"{a.base_url}/v1", models=["tiny"]),
+           UpstreamConfig(name="b", base_url=f"{b.base_url}/v1", models=["tiny"])]
+    routers = [RouterConfig(name="learned", candidates={"A": "upstream/a/tiny", "B": "upstream/b/tiny"},
+                            path=str(tmp_path / "r"))]
+    front, f_srv, f_thread = start_server(tiny_gemma, upstreams=ups, routers=routers)
+    try:
+        client = front.client()
+        for prompt, want in [("What is 41 plus 7? Compute the sum.", "upstream/a/tiny"),
+                             ("Write a short poem about the ocean at dusk.", "upstream/b/tiny")]:
+            raw = client.chat.completions.with_raw_response.create(
+                model="router/learned", max_tokens=3, messages=[{"role": "user", "content": prompt}])
+            assert raw.headers["x-fleetlm-served-by"] == want, prompt
+    finally:
+        for srv, thread in ((f_srv, f_thread), (a_srv, a_thread), (b_srv, b_thread)):
+            srv.should_exit = True
+            thread.join(10)

@@ -1,0 +1,97 @@
+"""Router evaluation on public per-query outcome data (issue 5, done-when 1 and 2).
+
+For ``routerbench_zs`` and ``llmrouter`` (../shared/data/routing): train a router on the train
+split, save it and load it back (what the server does), evaluate on the test split (each
+model, random, oracle, the λ-sweep curve, AIQ, APGR/CPT for one strong/weak pair,
+``cost_at_best_quality``), and time ``Router.rank(prompt)`` per request on this CPU, MiniLM
+embedding included. Writes ``benchmarks/results/router_eval.txt`` and one Pareto PNG per data
+set (``router_eval_<data>.png``, needs matplotlib).
+
+    .venv/bin/python benchmarks/router_eval.py [--policy blend] [--param k=v ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from fleetlm.compound.router.data import default_data_root, load_dataset, to_arrays
+from fleetlm.compound.router.encoder import RoutingEncoder
+from fleetlm.compound.router.evaluate import evaluate, format_report, plot_pareto
+from fleetlm.compound.router.router import Router, train_router
+
+RESULTS = Path(__file__).parent / "results"
+# (strong, weak) for RouteLLM's two-model metrics: GPT-4 vs Mixtral as in RouteLLM; for
+# llmrouter its most accurate train model vs the cheap-tier model closest to it.
+PAIRS = {
+    "routerbench_zs": ("gpt-4-1106-preview", "mistralai/mixtral-8x7b-chat"),
+    "llmrouter": ("llama-3.1-nemotron-51b-instruct", "llama-3.1-8b-instruct"),
+}
+
+
+def run(data: str, policy: str, params: dict, encoder: RoutingEncoder, out: list[str]) -> None:
+    train, test = load_dataset(data, "train"), load_dataset(data, "test")
+    t0 = time.perf_counter()
+    router = train_router(train, policy=policy, params=params, encoder=encoder, data_name=data)
+    fit_s = time.perf_counter() - t0
+    with tempfile.TemporaryDirectory() as tmp:  # round trip: evaluate what the server would load
+        router.save(tmp)
+        router = Router.load(tmp, embedder=encoder.embedder)
+    arrays = to_arrays(test, router.models)
+    P = router.quality(router.embed(arrays.prompts))
+    report = evaluate(P, arrays.scores, arrays.costs, router.cost_norm, router.models, pair=PAIRS[data])
+    png = RESULTS / f"router_eval_{data}.png"
+    try:
+        plot_pareto(report, png, title=f"{data}: {policy} router (train split) on the test split")
+        plot_note = f"plot: {png.relative_to(RESULTS.parent.parent)}"
+    except ImportError:
+        plot_note = "plot: skipped (pip install matplotlib)"
+
+    router.rank(arrays.prompts[0])  # warm-up: first call loads nothing new but allocates
+    lat = []
+    for prompt in arrays.prompts[:300]:
+        t = time.perf_counter()
+        router.rank(prompt)
+        lat.append(time.perf_counter() - t)
+    lat_ms = np.array(lat) * 1e3
+    out += [f"## {data}: {len(train)} train / {len(test)} test queries, {len(router.models)} models, "
+            f"policy {policy} {router.policy.params} (embed+fit {fit_s:.1f} s)",
+            format_report(report),
+            f"routing latency per request (Router.rank, MiniLM embedding included, "
+            f"{len(lat_ms)} test prompts, 1 at a time): p50 {np.median(lat_ms):.1f} ms, "
+            f"p90 {np.percentile(lat_ms, 90):.1f} ms",
+            plot_note, ""]
+    print("\n".join(out[-5:]), flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--policy", default="blend")
+    ap.add_argument("--param", action="append", default=[], help="policy KEY=VALUE (JSON value)")
+    ap.add_argument("--data", nargs="+", default=list(PAIRS))
+    args = ap.parse_args(argv)
+    if not default_data_root().is_dir():
+        print(f"skip: routing data not found at {default_data_root()} (see ../shared/data/SOURCES.md)")
+        return 0
+    from fleetlm.compound.router.cli import _params
+
+    import torch
+
+    RESULTS.mkdir(exist_ok=True)
+    out = [f"# benchmarks/router_eval.py  ({time.strftime('%Y-%m-%d %H:%M')}, "
+           f"torch {torch.__version__}, {torch.get_num_threads()} threads)", ""]
+    encoder = RoutingEncoder()
+    for data in args.data:
+        run(data, args.policy, _params(args.param), encoder, out)
+    (RESULTS / "router_eval.txt").write_text("\n".join(out))
+    print(f"wrote {RESULTS / 'router_eval.txt'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
