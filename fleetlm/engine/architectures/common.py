@@ -264,6 +264,13 @@ class CausalLM(nn.Module):
             logits = torch.tanh(logits.float() / cap) * cap
         return logits
 
+    def rebuild_buffers(self, max_positions: int) -> None:
+        """Recompute non-weight state (rope tables) and re-tie the LM head: after building on
+        the meta device, these hold no values yet."""
+        head_dim = self.model.layers[0].self_attn.head_dim
+        self.ropes = build_ropes(self.config, head_dim, max_positions)
+        self.tie_weights_if_needed()
+
     def tie_weights_if_needed(self) -> None:
         if getattr(self.config, "tie_word_embeddings", False):
             self.lm_head.weight = self.model.embed_tokens.weight
@@ -274,9 +281,10 @@ def build_ropes(config, head_dim: int, max_positions: int) -> nn.ModuleDict:
     params = getattr(config, "rope_parameters", None) or {"rope_type": "default",
                                                           "rope_theta": getattr(config, "rope_theta", 10000.0)}
     ropes = {}
-    for lt in set(layer_types_of(config)):
-        per_type = lt in params and isinstance(params[lt], dict)
-        p = params[lt] if per_type else params
-        inv, scaling = rope_inv_freq(config, p, head_dim, lt if per_type else None)
-        ropes[lt] = RotaryEmbedding(inv, scaling, max_positions)
+    with torch.device("cpu"):  # computed values, even when the model is built on "meta"
+        for lt in set(layer_types_of(config)):
+            per_type = lt in params and isinstance(params[lt], dict)
+            p = params[lt] if per_type else params
+            inv, scaling = rope_inv_freq(config, p, head_dim, lt if per_type else None)
+            ropes[lt] = RotaryEmbedding(inv, scaling, max_positions)
     return nn.ModuleDict(ropes)
