@@ -111,7 +111,7 @@ def create_app(config: ServerConfig, llm: AsyncLLM, *, model_id: str, embedder=N
     for up in upstreams:
         client = httpx.AsyncClient(timeout=httpx.Timeout(up.timeout_s, connect=up.connect_timeout_s))
         clients.append(client)
-        targets += upstream_targets(up, client)
+        targets += upstream_targets(up, client, on_usage=metrics.record_usage)
     targets += build_routers(routers, {t.model_id: t for t in targets}, metrics)
     catalog = Catalog(targets)
 

@@ -33,6 +33,10 @@ class Metrics:
         self.pending = Gauge("fleetlm_num_requests_pending", "HTTP generation requests in flight", registry=r)
         self.routed = Counter("fleetlm_routed_requests", "Requests a router sent to each model",
                               ["router", "model"], registry=r)
+        self.model_tokens = Counter("fleetlm_model_tokens", "Tokens per served model (upstreams)",
+                                    ["model", "kind"], registry=r)
+        self.cost = Counter("fleetlm_cost_usd", "Cost in USD per served model, from its configured prices",
+                            ["model"], registry=r)
         self.prefix_hit = Gauge("fleetlm_prefix_cache_hit_ratio", "Prompt tokens served from the prefix cache",
                                 registry=r)
 
@@ -57,6 +61,11 @@ class Metrics:
             n = max(len(c.token_ids) for c in out.outputs)
             if n > 1 and m.finished_time:
                 self.tpot.observe((m.finished_time - m.first_token_time) / (n - 1))
+
+    def record_usage(self, model: str, prompt_tokens: int, completion_tokens: int, cost_usd: float) -> None:
+        self.model_tokens.labels(model, "prompt").inc(prompt_tokens)
+        self.model_tokens.labels(model, "completion").inc(completion_tokens)
+        self.cost.labels(model).inc(cost_usd)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

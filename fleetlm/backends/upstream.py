@@ -32,6 +32,7 @@ class UpstreamTarget:
     price_input_per_mtok: float
     price_output_per_mtok: float
     owned_by: str
+    on_usage: object = None  # callable(model_id, prompt_tokens, completion_tokens, cost_usd)
 
     def card(self, created: int) -> dict:
         return {"id": self.model_id, "object": "model", "created": created, "owned_by": self.owned_by,
@@ -50,7 +51,16 @@ class UpstreamTarget:
     def _body(self, req) -> dict:
         body = req.model_dump(exclude_none=True, by_alias=True, exclude_unset=True)
         body["model"] = self.upstream_model
+        if req.stream:  # always ask for usage so cost is recorded; dropped again if unasked
+            body["stream_options"] = {**body.get("stream_options", {}), "include_usage": True}
         return body
+
+    def _record(self, usage: dict | None) -> None:
+        if not usage or self.on_usage is None:
+            return
+        p, c = int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
+        cost = (p * self.price_input_per_mtok + c * self.price_output_per_mtok) / 1e6
+        self.on_usage(self.model_id, p, c, cost)
 
     async def _forward(self, path: str, req):
         url = self.base_url + path
@@ -70,7 +80,8 @@ class UpstreamTarget:
             await resp.aread()
             await resp.aclose()
             return self._relay_json(resp)
-        return StreamingResponse(self._relay_stream(resp), media_type="text/event-stream",
+        wants_usage = bool(req.stream_options and req.stream_options.include_usage)
+        return StreamingResponse(self._relay_stream(resp, wants_usage), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache"})
 
     def _relay_json(self, resp: httpx.Response) -> JSONResponse:
@@ -82,9 +93,10 @@ class UpstreamTarget:
             raise APIError(502, f"upstream {self.model_id} answered {resp.status_code}", code="upstream_error")
         if resp.status_code == 200:
             data["model"] = self.model_id
+            self._record(data.get("usage"))
         return JSONResponse(data, status_code=resp.status_code)
 
-    async def _relay_stream(self, resp: httpx.Response) -> AsyncIterator[str]:
+    async def _relay_stream(self, resp: httpx.Response, wants_usage: bool) -> AsyncIterator[str]:
         try:
             async for line in resp.aiter_lines():
                 if not line.startswith("data: "):
@@ -92,8 +104,15 @@ class UpstreamTarget:
                 payload = line[6:]
                 if payload != "[DONE]":
                     chunk = json.loads(payload)
-                    if isinstance(chunk, dict) and "model" in chunk:
-                        chunk["model"] = self.model_id
+                    if isinstance(chunk, dict):
+                        if chunk.get("usage"):
+                            self._record(chunk["usage"])
+                            if not wants_usage:
+                                if not chunk.get("choices"):
+                                    continue  # the usage-only chunk we asked for ourselves
+                                chunk.pop("usage")
+                        if "model" in chunk:
+                            chunk["model"] = self.model_id
                     payload = json.dumps(chunk, ensure_ascii=False)
                 yield f"data: {payload}\n\n"
         except httpx.HTTPError as exc:  # headers are sent: report in-band
@@ -103,11 +122,12 @@ class UpstreamTarget:
             await resp.aclose()  # a client disconnect lands here too: the upstream sees it
 
 
-def upstream_targets(cfg, client: httpx.AsyncClient) -> list[UpstreamTarget]:
-    """One target per model of an `UpstreamConfig`."""
+def upstream_targets(cfg, client: httpx.AsyncClient, on_usage=None) -> list[UpstreamTarget]:
+    """One target per model of an `UpstreamConfig`; `on_usage` records tokens and cost."""
     key = os.environ.get(cfg.api_key_env) if cfg.api_key_env else None
     return [UpstreamTarget(model_id=f"upstream/{cfg.name}/{m}", upstream_model=m,
                            base_url=cfg.base_url.rstrip("/"), client=client, api_key=key,
                            price_input_per_mtok=cfg.price_input_per_mtok,
-                           price_output_per_mtok=cfg.price_output_per_mtok, owned_by=cfg.name)
+                           price_output_per_mtok=cfg.price_output_per_mtok, owned_by=cfg.name,
+                           on_usage=on_usage)
             for m in cfg.models]

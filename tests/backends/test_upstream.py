@@ -75,3 +75,19 @@ def test_fleet_toml_is_validated(tmp_path):
     bad.write_text('[[upstream]]\nname = "a"\nbase_url = "http://x/v1"\nmodels = ["m"]\nbase_ulr = "typo"\n')
     with pytest.raises(ValueError, match="base_ulr"):
         load_fleet_toml(str(bad))
+
+
+def test_usage_and_cost_are_recorded_for_streams_too(pair):
+    front, _ = pair
+    client = front.client()
+    client.completions.create(model="upstream/peer/tiny", prompt="cost me", max_tokens=5,
+                              extra_body={"ignore_eos": True})
+    chunks = list(client.completions.create(model="upstream/peer/tiny", prompt="cost me", max_tokens=5,
+                                            stream=True, extra_body={"ignore_eos": True}))
+    assert all(c.usage is None for c in chunks)  # the client did not ask: no usage chunk leaks
+    metrics = httpx.get(f"{front.base_url}/metrics").text
+    line = [m for m in metrics.splitlines()
+            if m.startswith('fleetlm_model_tokens_total{kind="completion",model="upstream/peer/tiny"}')]
+    assert line and float(line[0].split()[-1]) >= 10.0
+    cost = [m for m in metrics.splitlines() if m.startswith('fleetlm_cost_usd_total{model="upstream/peer/tiny"}')]
+    assert cost and float(cost[0].split()[-1]) > 0
