@@ -223,12 +223,13 @@ class LLMEngine:
                 seq.first_token_time = now
             if lp is not None:
                 seq.logprobs.append(lp)
-            stop_tok = tok in seq.params.stop_token_ids or (
-                not seq.params.ignore_eos and tok in self.loaded.eos_token_ids)
+            p = seq.params
+            eos = not p.ignore_eos and tok in self.loaded.eos_token_ids
+            stop_id = tok in p.stop_token_ids
             # a matched stop token's text is left out unless asked for (as vLLM does)
-            keep_text = not stop_tok or seq.params.include_stop_str_in_output
+            keep_text = not (eos or stop_id) or p.include_stop_str_in_output
             stop_str = req.detoks[seq.index].add(tok) if keep_text else None
-            reason = self._finish_reason(seq, req, tok, stop_str)
+            reason = self._finish_reason(seq, req, tok, eos=eos, stop_id=stop_id, stop_str=stop_str)
             if reason is not None:
                 self.scheduler.finish(seq, reason)
             touched[req.request_id] = req
@@ -240,13 +241,11 @@ class LLMEngine:
             outputs.append(self._output(req))
         return outputs
 
-    def _finish_reason(self, seq: Sequence, req: Request, tok: int, stop_str: str | None) -> str | None:
-        p = seq.params
-        if not p.ignore_eos and tok in self.loaded.eos_token_ids:
-            seq.stop_reason = None
-            return "stop"
-        if tok in p.stop_token_ids:
-            seq.stop_reason = tok
+    def _finish_reason(self, seq: Sequence, req: Request, tok: int, *, eos: bool, stop_id: bool,
+                       stop_str: str | None) -> str | None:
+        """Why seq stops after sampling tok (setting seq.stop_reason), or None to go on."""
+        if eos or stop_id:
+            seq.stop_reason = None if eos else tok
             return "stop"
         if stop_str is not None:
             seq.stop_reason = stop_str

@@ -49,14 +49,15 @@ class KVCacheManager:
     def blocks_needed(self, seq: Sequence, num_tokens: int) -> int:
         return max(0, -(-num_tokens // self.block_size) - len(seq.block_ids))
 
-    def _hashes(self, seq: Sequence, num_full_blocks: int) -> list[bytes]:
-        """Chain hashes of the first `num_full_blocks` blocks of seq, computed once and kept."""
+    def _hash_blocks(self, seq: Sequence, num_full_blocks: int) -> list[bytes]:
+        """Make sure `seq.block_hashes` covers its first `num_full_blocks` blocks (each hash is
+        computed once and kept) and return that list itself (it may be longer)."""
         bs = self.block_size
         while len(seq.block_hashes) < num_full_blocks:
             i = len(seq.block_hashes)
             parent = seq.block_hashes[-1] if i else b""
             seq.block_hashes.append(chain_hash(parent, seq.token_ids[i * bs : (i + 1) * bs]))
-        return seq.block_hashes[:num_full_blocks]
+        return seq.block_hashes
 
     def lookup_prefix(self, seq: Sequence) -> list[int]:
         """Blocks already holding seq's leading full blocks. The last token is always left to
@@ -64,7 +65,8 @@ class KVCacheManager:
         if not self.enable_prefix_caching:
             return []
         hit = []
-        for h in self._hashes(seq, (seq.num_tokens - 1) // self.block_size):
+        full = (seq.num_tokens - 1) // self.block_size
+        for h in self._hash_blocks(seq, full)[:full]:
             block = self.cached.get(h)
             if block is None:
                 break
@@ -113,7 +115,7 @@ class KVCacheManager:
         if not self.enable_prefix_caching:
             return
         full = seq.num_computed_tokens // self.block_size
-        hashes = self._hashes(seq, full)
+        hashes = self._hash_blocks(seq, full)
         for i in range(seq.num_published_blocks, full):
             block = seq.block_ids[i]
             if self.block_hash[block] is not None:
