@@ -167,23 +167,24 @@ def create_app(config: ServerConfig, llm: AsyncLLM, *, model_id: str, embedder=N
     async def models():
         data = catalog.cards(created)
         if embedder is not None:
-            data.append({"id": embedder.model_id, "object": "model", "created": local.created,
+            data.append({"id": embedder.model_id, "object": "model", "created": created,
                          "owned_by": "fleetlm"})
         return {"object": "list", "data": data}
 
-    @app.post("/v1/chat/completions")
-    async def chat(req: ChatCompletionRequest, raw: Request) -> Response:
+    def target_for(req):
+        """The catalog Target for req.model; the local engine also passes admission control."""
         target = catalog.resolve(req.model)
         if target.model_id == model_id:
             admit()
-        return await target.chat(req, raw)
+        return target
+
+    @app.post("/v1/chat/completions")
+    async def chat(req: ChatCompletionRequest, raw: Request) -> Response:
+        return await target_for(req).chat(req, raw)
 
     @app.post("/v1/completions")
     async def completions(req: CompletionRequest, raw: Request) -> Response:
-        target = catalog.resolve(req.model)
-        if target.model_id == model_id:
-            admit()
-        return await target.complete(req, raw)
+        return await target_for(req).complete(req, raw)
 
     @app.post("/v1/embeddings")
     async def embeddings(req: EmbeddingRequest) -> Response:
