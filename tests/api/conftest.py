@@ -45,16 +45,21 @@ def start_server(model_folder, *, embedder=None, structured=None, upstreams=(), 
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     base = f"http://127.0.0.1:{config.port}"
-    deadline = time.monotonic() + 30
+    wait_healthy(base, timeout=30)
+    return RunningServer(base, llm, "tiny", config.api_key), server, thread
+
+
+def wait_healthy(base_url: str, *, timeout: float) -> None:
+    """Poll GET /health until it answers 200; RuntimeError after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            if httpx.get(f"{base}/health", timeout=1).status_code == 200:
-                break
+            if httpx.get(f"{base_url}/health", timeout=1).status_code == 200:
+                return
         except httpx.HTTPError:
-            time.sleep(0.05)
-    else:
-        raise RuntimeError("server did not start")
-    return RunningServer(base, llm, "tiny", config.api_key), server, thread
+            pass
+        time.sleep(0.05)
+    raise RuntimeError(f"{base_url} did not become healthy in {timeout} s")
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 
 import httpx
-import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 json_values = st.recursive(

@@ -7,11 +7,10 @@ import json
 import signal
 import subprocess
 import sys
-import time
 
 import httpx
 
-from tests.api.conftest import free_port
+from tests.api.conftest import free_port, wait_healthy
 
 
 def test_sigterm_lets_the_running_stream_finish(tiny_gemma):
@@ -21,13 +20,7 @@ def test_sigterm_lets_the_running_stream_finish(tiny_gemma):
                              "--port", str(port), "--dtype", "float32", "--no-embeddings"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.2)
+        wait_healthy(url, timeout=120)
         body = {"model": tiny_gemma.name, "prompt": "go", "max_tokens": 400, "stream": True, "ignore_eos": True,
                 "stream_options": {"include_usage": True}}
         usage, done, signalled = None, False, False

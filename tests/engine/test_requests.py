@@ -4,7 +4,6 @@ context limit, n > 1 completions, abort, input validation, and incremental detok
 from __future__ import annotations
 
 import pytest
-import torch
 
 from fleetlm import LLM, SamplingParams
 from fleetlm.config import EngineConfig
