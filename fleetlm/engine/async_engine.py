@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator
 
 from fleetlm.config import EngineConfig
 from fleetlm.engine.engine import LLMEngine
+from fleetlm.engine.errors import InvalidRequestError
 from fleetlm.engine.outputs import RequestOutput
 from fleetlm.engine.sampling_params import SamplingParams
 
@@ -49,7 +50,6 @@ class AsyncLLM:
         stream: asyncio.Queue = asyncio.Queue()
         with self._lock:
             if rid in self._streams:
-                from fleetlm.engine.errors import InvalidRequestError
                 raise InvalidRequestError(f"duplicate request id {rid!r}", param="request_id")
             self._streams[rid] = (asyncio.get_running_loop(), stream)
         self._commands.put(("add", req))
