@@ -18,8 +18,19 @@ GREEDY = SamplingParams(temperature=0, max_tokens=10, ignore_eos=True)
 LONG = SamplingParams(temperature=0, max_tokens=400, ignore_eos=True)
 
 
-def make_async(folder, **kw) -> AsyncLLM:
-    return AsyncLLM(EngineConfig(model=str(folder), dtype="float32", **kw))
+@pytest.fixture()
+def async_llm(tiny_gemma):
+    """Factory of AsyncLLMs on the tiny model (EngineConfig overrides as keywords); every one
+    it made is shut down after the test."""
+    made: list[AsyncLLM] = []
+
+    def make(**kw) -> AsyncLLM:
+        made.append(AsyncLLM(EngineConfig(model=str(tiny_gemma), dtype="float32", **kw)))
+        return made[-1]
+
+    yield make
+    for llm in made:
+        llm.shutdown()
 
 
 def prompts(n: int) -> list[list[int]]:
@@ -43,30 +54,27 @@ async def collect(llm: AsyncLLM, prompt, params):
     return outs
 
 
-def test_concurrent_streams_match_the_offline_engine(tiny_gemma):
+def test_concurrent_streams_match_the_offline_engine(tiny_gemma, async_llm):
     ps = prompts(8)
     expected = LLM(str(tiny_gemma), dtype="float32").generate(prompt_token_ids=ps, sampling_params=GREEDY)
-    llm = make_async(tiny_gemma)
-    try:
-        async def main():
-            return await asyncio.gather(*(collect(llm, p, GREEDY) for p in ps))
+    llm = async_llm()
+    async def main():
+        return await asyncio.gather(*(collect(llm, p, GREEDY) for p in ps))
 
-        streams = asyncio.run(main())
-        for stream, ref in zip(streams, expected):
-            final = stream[-1]
-            assert final.finished and not any(o.finished for o in stream[:-1])
-            assert final.outputs[0].token_ids == ref.outputs[0].token_ids
-            assert final.outputs[0].finish_reason == "length"
-            lens = [len(o.outputs[0].token_ids) for o in stream]
-            assert lens == sorted(lens) and lens[-1] == 10  # cumulative outputs
-        assert all_free(llm) and llm.num_unfinished() == 0
-    finally:
-        llm.shutdown()
+    streams = asyncio.run(main())
+    for stream, ref in zip(streams, expected):
+        final = stream[-1]
+        assert final.finished and not any(o.finished for o in stream[:-1])
+        assert final.outputs[0].token_ids == ref.outputs[0].token_ids
+        assert final.outputs[0].finish_reason == "length"
+        lens = [len(o.outputs[0].token_ids) for o in stream]
+        assert lens == sorted(lens) and lens[-1] == 10  # cumulative outputs
+    assert all_free(llm) and llm.num_unfinished() == 0
 
 
 @pytest.mark.parametrize("how", ["break", "cancel"])
-def test_disconnect_aborts_and_frees_blocks(tiny_gemma, how, monkeypatch):
-    llm = make_async(tiny_gemma, block_size=4)
+def test_disconnect_aborts_and_frees_blocks(async_llm, how, monkeypatch):
+    llm = async_llm(block_size=4)
     aborted = []
     real_abort = llm.engine.abort
 
@@ -77,123 +85,108 @@ def test_disconnect_aborts_and_frees_blocks(tiny_gemma, how, monkeypatch):
         return out
 
     monkeypatch.setattr(llm.engine, "abort", spy)
-    try:
-        async def main():
-            seen = []
-            other = asyncio.create_task(collect(llm, prompts(2)[1], GREEDY))
-            if how == "break":
+    async def main():
+        seen = []
+        other = asyncio.create_task(collect(llm, prompts(2)[1], GREEDY))
+        if how == "break":
+            async for out in llm.generate(prompts(1)[0], LONG):
+                seen.append(out)
+                if len(seen) == 2:
+                    assert llm.engine.kv.num_free_blocks < llm.engine.kv.num_blocks
+                    break
+        else:
+            started = asyncio.Event()
+
+            async def consume():
                 async for out in llm.generate(prompts(1)[0], LONG):
                     seen.append(out)
-                    if len(seen) == 2:
-                        assert llm.engine.kv.num_free_blocks < llm.engine.kv.num_blocks
-                        break
-            else:
-                started = asyncio.Event()
+                    started.set()
 
-                async def consume():
-                    async for out in llm.generate(prompts(1)[0], LONG):
-                        seen.append(out)
-                        started.set()
+            task = asyncio.create_task(consume())
+            await started.wait()
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+        survivor = await other
+        await wait_until(lambda: all_free(llm))
+        return seen, survivor
 
-                task = asyncio.create_task(consume())
-                await started.wait()
-                task.cancel()
-                with pytest.raises(asyncio.CancelledError):
-                    await task
-            survivor = await other
-            await wait_until(lambda: all_free(llm))
-            return seen, survivor
-
-        seen, survivor = asyncio.run(main())
-        assert not seen[-1].finished and len(seen[-1].outputs[0].token_ids) < 400
-        assert [a.request_id for a in aborted] == [seen[-1].request_id]  # aborted, not run to the end
-        assert aborted[0].outputs[0].finish_reason == "abort" and len(aborted[0].outputs[0].token_ids) < 400
-        assert survivor[-1].finished and len(survivor[-1].outputs[0].token_ids) == 10
-        assert llm.num_unfinished() == 0 and not llm.engine.scheduler.running
-    finally:
-        llm.shutdown()
+    seen, survivor = asyncio.run(main())
+    assert not seen[-1].finished and len(seen[-1].outputs[0].token_ids) < 400
+    assert [a.request_id for a in aborted] == [seen[-1].request_id]  # aborted, not run to the end
+    assert aborted[0].outputs[0].finish_reason == "abort" and len(aborted[0].outputs[0].token_ids) < 400
+    assert survivor[-1].finished and len(survivor[-1].outputs[0].token_ids) == 10
+    assert llm.num_unfinished() == 0 and not llm.engine.scheduler.running
 
 
-def test_validation_errors_raise_before_anything_is_queued(tiny_gemma):
-    llm = make_async(tiny_gemma)
-    try:
-        async def main():
-            with pytest.raises(PromptTooLongError) as err:
-                async for _ in llm.generate([2] * 600, GREEDY):
-                    pass
-            assert (err.value.prompt_tokens, err.value.max_model_len) == (600, 512)
-            with pytest.raises(InvalidRequestError):
-                async for _ in llm.generate("", GREEDY):
-                    pass
-            await asyncio.sleep(0.05)
-            assert llm.num_unfinished() == 0 and all_free(llm)
-            assert not llm.engine.scheduler.waiting
-            return await collect(llm, prompts(1)[0], GREEDY)  # the engine still serves
-
-        assert asyncio.run(main())[-1].finished
-    finally:
-        llm.shutdown()
-
-
-def test_duplicate_request_id_is_rejected(tiny_gemma):
-    llm = make_async(tiny_gemma)
-    try:
-        async def main():
-            first = llm.generate(prompts(1)[0], LONG, request_id="same")
-            await first.__anext__()
-            with pytest.raises(InvalidRequestError):
-                async for _ in llm.generate(prompts(1)[0], GREEDY, request_id="same"):
-                    pass
-            await first.aclose()
-            await wait_until(lambda: all_free(llm))
-
-        asyncio.run(main())
-    finally:
-        llm.shutdown()
-
-
-def test_shutdown_stops_the_engine_and_frees_everything(tiny_gemma):
-    llm = make_async(tiny_gemma)
-    try:
-        async def main():
-            stream = llm.generate(prompts(1)[0], LONG)
-            await stream.__anext__()
-            await asyncio.to_thread(llm.shutdown)
-            await stream.aclose()
-
-        asyncio.run(main())
-        assert all_free(llm) and not llm.engine.scheduler.running
-
-        async def after():
-            async for _ in llm.generate(prompts(1)[0], GREEDY):
+def test_validation_errors_raise_before_anything_is_queued(async_llm):
+    llm = async_llm()
+    async def main():
+        with pytest.raises(PromptTooLongError) as err:
+            async for _ in llm.generate([2] * 600, GREEDY):
                 pass
+        assert (err.value.prompt_tokens, err.value.max_model_len) == (600, 512)
+        with pytest.raises(InvalidRequestError):
+            async for _ in llm.generate("", GREEDY):
+                pass
+        await asyncio.sleep(0.05)
+        assert llm.num_unfinished() == 0 and all_free(llm)
+        assert not llm.engine.scheduler.waiting
+        return await collect(llm, prompts(1)[0], GREEDY)  # the engine still serves
 
-        with pytest.raises(EngineDeadError):
-            asyncio.run(after())
-    finally:
-        llm.shutdown()
+    assert asyncio.run(main())[-1].finished
 
 
-def test_shutdown_ends_open_streams(tiny_gemma):
-    llm = make_async(tiny_gemma)
-    try:
-        async def main():
-            stream = llm.generate(prompts(1)[0], LONG)
-            await stream.__anext__()
-            await asyncio.to_thread(llm.shutdown)
+def test_duplicate_request_id_is_rejected(async_llm):
+    llm = async_llm()
+    async def main():
+        first = llm.generate(prompts(1)[0], LONG, request_id="same")
+        await first.__anext__()
+        with pytest.raises(InvalidRequestError):
+            async for _ in llm.generate(prompts(1)[0], GREEDY, request_id="same"):
+                pass
+        await first.aclose()
+        await wait_until(lambda: all_free(llm))
 
-            async def drain():
-                last = None
-                try:
-                    async for out in stream:
-                        last = out
-                except EngineDeadError:
-                    return "dead"
-                return last
+    asyncio.run(main())
 
-            ended = await asyncio.wait_for(drain(), timeout=3)
-            assert ended == "dead" or (ended.finished and ended.outputs[0].finish_reason == "abort")
 
-        asyncio.run(main())
-    finally:
-        llm.shutdown()
+def test_shutdown_stops_the_engine_and_frees_everything(async_llm):
+    llm = async_llm()
+    async def main():
+        stream = llm.generate(prompts(1)[0], LONG)
+        await stream.__anext__()
+        await asyncio.to_thread(llm.shutdown)
+        await stream.aclose()
+
+    asyncio.run(main())
+    assert all_free(llm) and not llm.engine.scheduler.running
+
+    async def after():
+        async for _ in llm.generate(prompts(1)[0], GREEDY):
+            pass
+
+    with pytest.raises(EngineDeadError):
+        asyncio.run(after())
+
+
+def test_shutdown_ends_open_streams(async_llm):
+    llm = async_llm()
+    async def main():
+        stream = llm.generate(prompts(1)[0], LONG)
+        await stream.__anext__()
+        await asyncio.to_thread(llm.shutdown)
+
+        async def drain():
+            last = None
+            try:
+                async for out in stream:
+                    last = out
+            except EngineDeadError:
+                return "dead"
+            return last
+
+        ended = await asyncio.wait_for(drain(), timeout=3)
+        assert ended == "dead" or (ended.finished and ended.outputs[0].finish_reason == "abort")
+
+    asyncio.run(main())
