@@ -1,0 +1,1 @@
+"""Tools: registry, retrieval, plans and the DAG executor."""
