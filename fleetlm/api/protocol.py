@@ -92,9 +92,14 @@ class ChatCompletionRequest(_SamplingFields):
     logprobs: StrictBool = False
     top_logprobs: Annotated[StrictInt, Field(ge=0, le=20)] | None = None
     response_format: ResponseFormat | None = None
+    # checked in tool_prompt (400s naming the offending tool); tool_choice: "auto" | "none" |
+    # "required" | {"type": "function", "function": {"name": ...}}
     tools: list[dict[str, Any]] | None = None
     tool_choice: Any = None
     parallel_tool_calls: StrictBool | None = None
+    # fleetlm extension: keep at most this many tools, the most relevant to the last user
+    # message (tool retrieval); overrides the server's budget
+    max_tools: Annotated[StrictInt, Field(ge=1)] | None = None
 
 
 PromptInput = (

@@ -23,6 +23,7 @@ from fleetlm.api import openai_format as fmt
 from fleetlm.api.errors import APIError, error_body
 from fleetlm.api.metrics import Metrics
 from fleetlm.api.protocol import ChatCompletionRequest, CompletionRequest
+from fleetlm.api.tool_calls import ChoiceDeltas, ToolSession, prompt_messages, tool_session
 from fleetlm.engine.async_engine import AsyncLLM
 from fleetlm.engine.errors import PromptTooLongError
 from fleetlm.engine.outputs import RequestOutput
@@ -67,21 +68,19 @@ def sse(data: dict | str) -> str:
 
 
 class Serving:
-    def __init__(self, model: LocalModel, metrics: Metrics, structured=None):
+    def __init__(self, model: LocalModel, metrics: Metrics, structured=None, max_tools: int | None = None):
         self.model = model
         self.metrics = metrics
         self.structured = structured  # callable(response_format) -> StructuredOutput | None
+        self.max_tools = max_tools  # tool budget (see tool_calls.select_tools_for_budget); None: no limit
         self.tokenizer = model.llm.tokenizer
 
     # ---- request -> engine inputs ----------------------------------------------------
-    def chat_prompt_ids(self, req: ChatCompletionRequest) -> list[int]:
-        if req.tools:
-            raise APIError(400, "tools are not supported by this model yet", param="tools")
+    def chat_prompt_ids(self, req: ChatCompletionRequest, tools: ToolSession | None = None) -> list[int]:
         if not getattr(self.tokenizer, "chat_template", None):
             raise APIError(400, f"model {req.model!r} has no chat template; use /v1/completions",
                            param="messages")
-        messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()}
-                    for m in req.messages]
+        messages = prompt_messages(req, tools)
         try:
             text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         except Exception as exc:  # jinja raise_exception: roles that do not alternate, ...
@@ -102,7 +101,8 @@ class Serving:
             raise APIError(400, "prompt must not be empty", param="prompt")
         return [self.tokenizer(t).input_ids for t in texts], texts
 
-    def sampling_params(self, req, prompt_len: int, *, max_tokens: int | None, logprobs: int | None) -> SamplingParams:
+    def sampling_params(self, req, prompt_len: int, *, max_tokens: int | None, logprobs: int | None,
+                        tools: ToolSession | None = None) -> SamplingParams:
         limit = self.model.max_model_len
         if prompt_len >= limit:
             raise PromptTooLongError(prompt_len, limit)
@@ -117,6 +117,11 @@ class Serving:
         structured = self.structured(req.response_format) if (self.structured and req.response_format) else None
         if req.response_format is not None and req.response_format.type != "text" and self.structured is None:
             raise APIError(400, "response_format is not supported by this server", param="response_format")
+        if tools is not None and tools.grammar is not None:
+            if structured is not None:
+                raise APIError(400, "response_format cannot be combined with tools unless tool_choice is 'none'",
+                               param="response_format")
+            structured = self._tool_grammar(tools)
         extra = {"structured": structured} if structured is not None else {}
         return SamplingParams(
             n=req.n, max_tokens=max_tokens, temperature=1.0 if req.temperature is None else req.temperature,
@@ -124,6 +129,17 @@ class Serving:
             repetition_penalty=req.repetition_penalty or 1.0, presence_penalty=req.presence_penalty,
             frequency_penalty=req.frequency_penalty, seed=req.seed, stop=stop, logprobs=logprobs,
             ignore_eos=req.ignore_eos, **extra)
+
+    def _tool_grammar(self, tools: ToolSession):
+        """The tools' grammar spec, compiled now so that a schema llguidance rejects is a 400 on `tools`."""
+        from fleetlm.engine.structured import GrammarError
+
+        spec = tools.structured()
+        try:
+            self.model.llm.engine.grammar().compile(spec)
+        except GrammarError as exc:
+            raise APIError(400, f"tool parameters cannot be enforced: {exc}", param="tools") from None
+        return spec
 
     # ---- engine streams --------------------------------------------------------------
     async def _merged(self, prompts: list[list[int]], params: SamplingParams, rid: str
@@ -190,48 +206,48 @@ class Serving:
     # ---- chat ------------------------------------------------------------------------
     async def chat(self, req: ChatCompletionRequest, raw: Request):
         t0 = time.monotonic()
-        ids = self.chat_prompt_ids(req)
+        tools = tool_session(req, max_tools=self.max_tools)
+        ids = self.chat_prompt_ids(req, tools)
         want_lp = req.logprobs or req.top_logprobs is not None
         top = req.top_logprobs or 0
         params = self.sampling_params(req, len(ids), max_tokens=req.max_completion_tokens or req.max_tokens,
-                                      logprobs=top if want_lp else None)
+                                      logprobs=top if want_lp else None, tools=tools)
         rid = f"chatcmpl-{uuid.uuid4().hex}"
         if req.stream:
-            return self._stream(self._chat_events(req, ids, params, rid, t0))
+            return self._stream(self._chat_events(req, ids, params, rid, t0, tools))
         finals = await self._collect([ids], params, rid, raw)
         out = finals[0]
         choices = []
         for c in out.outputs:
+            message, finish = tools.message(c.text, c.finish_reason) if tools is not None else \
+                ({"role": "assistant", "content": c.text}, _finish(c.finish_reason))
             choices.append({
-                "index": c.index,
-                "message": {"role": "assistant", "content": c.text},
+                "index": c.index, "message": message,
                 "logprobs": fmt.chat_logprobs(self.tokenizer, c.logprobs) if want_lp else None,
-                "finish_reason": _finish(c.finish_reason)})
+                "finish_reason": finish})
         use = self._record("chat", finals, [len(ids)], t0)
         return JSONResponse(fmt.envelope("chat.completion", rid, req.model, choices, use))
 
-    async def _chat_events(self, req, ids, params, rid, t0) -> AsyncIterator[str]:
+    async def _chat_events(self, req, ids, params, rid, t0, tools: ToolSession | None) -> AsyncIterator[str]:
         created = int(time.time())
-        sent_text: dict[int, int] = {}
+        streams: dict[int, ChoiceDeltas] = {}
         sent_lp: dict[int, int] = {}
         want_lp = params.logprobs is not None
         finals: dict[int, RequestOutput] = {}
         async for _, out in self._merged([ids], params, rid):
             finals[0] = out
             for c in out.outputs:
-                first = c.index not in sent_text
-                n_text, n_lp = sent_text.setdefault(c.index, 0), sent_lp.setdefault(c.index, 0)
-                delta_text = c.text[n_text:]
-                if not (first or delta_text or c.finish_reason):
-                    continue
-                delta = {"role": "assistant", "content": delta_text} if first else {"content": delta_text}
-                choice = {"index": c.index, "delta": delta, "logprobs": None,
-                          "finish_reason": _finish(c.finish_reason)}
-                if want_lp and c.logprobs and len(c.logprobs) > n_lp:
-                    choice["logprobs"] = fmt.chat_logprobs(self.tokenizer, c.logprobs[n_lp:])
-                    sent_lp[c.index] = len(c.logprobs)
-                sent_text[c.index] = len(c.text)
-                yield sse(fmt.envelope("chat.completion.chunk", rid, req.model, [choice], created=created))
+                stream = streams.setdefault(c.index, ChoiceDeltas(tools))
+                deltas = stream.update(c.text, c.finish_reason)
+                for k, delta in enumerate(deltas):  # several when a call starts: its header, then arguments
+                    last = k == len(deltas) - 1
+                    choice = {"index": c.index, "delta": delta, "logprobs": None,
+                              "finish_reason": stream.finish_reason(c.finish_reason) if last else None}
+                    n_lp = sent_lp.setdefault(c.index, 0)
+                    if want_lp and c.logprobs and len(c.logprobs) > n_lp:
+                        choice["logprobs"] = fmt.chat_logprobs(self.tokenizer, c.logprobs[n_lp:])
+                        sent_lp[c.index] = len(c.logprobs)
+                    yield sse(fmt.envelope("chat.completion.chunk", rid, req.model, [choice], created=created))
         use = self._record("chat", finals, [len(ids)], t0)
         if req.stream_options and req.stream_options.include_usage:
             yield sse(fmt.envelope("chat.completion.chunk", rid, req.model, [], use, created))

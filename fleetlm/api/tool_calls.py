@@ -1,0 +1,137 @@
+"""Tool calling for one chat request: the glue between the request and the serving path.
+
+`tool_session(req)` checks `tools` / `tool_choice` / `parallel_tool_calls` (400s name the
+field), applies the tool budget, and returns a `ToolSession` (None for a request without
+tools) that gives: the template messages (`prompt_messages`), the grammar spec for the
+engine (`structured`), the non-streamed message (`message`), and per-choice stream deltas
+(`ChoiceDeltas`, also used for plain text so that serving has one streaming path).
+
+Prompt format, grammar and parsing live in tool_prompt, tool_grammar and tool_parser.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from fleetlm.api.errors import APIError
+from fleetlm.api.tool_grammar import tool_grammar
+from fleetlm.api.tool_parser import ToolCallStreamer, new_call_id, parse_tool_output, tool_calls_json
+from fleetlm.api.tool_prompt import FunctionTool, ToolChoice, parse_tool_choice, parse_tools, render_messages, \
+    system_block
+
+log = logging.getLogger("fleetlm.api.tools")
+
+
+@dataclass(frozen=True)
+class ToolSession:
+    tools: list[FunctionTool]  # after the budget: the ones the model sees
+    choice: ToolChoice
+    parallel: bool  # parallel_tool_calls (default true): more than one call per reply
+    grammar: str | None  # Lark text; None under tool_choice "none"
+
+    @property
+    def parses_calls(self) -> bool:
+        return self.choice.mode != "none"
+
+    def structured(self):
+        """The engine's grammar spec (a StructuredOutput), or None for plain text."""
+        from fleetlm.engine.structured import StructuredOutput
+
+        return StructuredOutput("grammar", self.grammar) if self.grammar is not None else None
+
+    def message(self, text: str, reason: str | None) -> tuple[dict, str | None]:
+        """Finished generated text + engine finish reason -> (OpenAI message, finish_reason)."""
+        if not self.parses_calls:
+            return {"role": "assistant", "content": text}, reason
+        parsed = parse_tool_output(text, finished=True)
+        msg = {"role": "assistant", "content": parsed.content or (None if parsed.calls else "")}
+        if parsed.calls:
+            msg["tool_calls"] = tool_calls_json(parsed.calls, [new_call_id() for _ in parsed.calls])
+        return msg, finish_reason(reason, len(parsed.calls))
+
+
+def finish_reason(reason: str | None, num_calls: int) -> str | None:
+    """Engine reason -> OpenAI's: a reply that ended normally with calls ends in "tool_calls"."""
+    reason = {"abort": "stop"}.get(reason, reason)
+    return "tool_calls" if reason == "stop" and num_calls else reason
+
+
+def tool_session(req, *, max_tools: int | None = None) -> ToolSession | None:
+    """The request's tool settings, checked; None when it carries no tools. `max_tools` is the
+    server's tool budget; the request's own `max_tools` wins."""
+    if not req.tools:
+        if req.tool_choice not in (None, "none"):
+            raise APIError(400, "tool_choice is only allowed when tools are given", param="tool_choice")
+        return None
+    tools = parse_tools(req.tools)
+    choice = parse_tool_choice(req.tool_choice, tools)
+    budget = req.max_tools if req.max_tools is not None else max_tools
+    tools = select_tools_for_budget(tools, req.messages, choice, budget)
+    parallel = req.parallel_tool_calls is not False
+    return ToolSession(tools, choice, parallel, tool_grammar(tools, choice, parallel=parallel))
+
+
+def prompt_messages(req, session: ToolSession | None) -> list[dict]:
+    """The request's messages as the chat template takes them, the tool list in the system
+    message (see tool_prompt for the format)."""
+    block = system_block(session.tools, session.choice, session.parallel) \
+        if session is not None and session.parses_calls else None
+    return render_messages(req.messages, block)
+
+
+def select_tools_for_budget(tools: list[FunctionTool], messages, choice: ToolChoice,
+                            max_tools: int | None) -> list[FunctionTool]:
+    """The tool budget hook: with more than `max_tools` tools, keep the `max_tools` most
+    relevant to the last user message, by `fleetlm.compound.tools.retrieval.select_tools`.
+    A function named by tool_choice is always kept. Without the retrieval module every tool
+    is kept (and a warning logged)."""
+    if max_tools is None or len(tools) <= max_tools:
+        return tools
+    try:
+        from fleetlm.compound.tools.retrieval import select_tools
+    except ImportError:
+        log.warning("max_tools=%d but fleetlm.compound.tools.retrieval is not available; keeping all %d tools",
+                    max_tools, len(tools))
+        return tools
+    query = next((m.text() for m in reversed(messages) if m.role == "user"), "")
+    by_name = {t.name: t for t in tools}
+    openai_tools = [{"type": "function", "function": {"name": t.name, "description": t.description,
+                                                      "parameters": t.parameters}} for t in tools]
+    chosen = select_tools(query, openai_tools, max_tools)
+    names = [(c.get("function") or c)["name"] if isinstance(c, dict) else getattr(c, "name", c) for c in chosen]
+    kept = [by_name[n] for n in names if n in by_name][:max_tools]
+    if choice.mode == "named" and choice.name not in {t.name for t in kept}:
+        kept = [by_name[choice.name]] + kept[:max_tools - 1]
+    return kept
+
+
+class ChoiceDeltas:
+    """One choice of a stream: cumulative text in, OpenAI `delta` dicts out. Plain text gives
+    content deltas as before; with tools, content and tool-call deltas from ToolCallStreamer,
+    whose concatenation equals `ToolSession.message` for the same text."""
+
+    def __init__(self, session: ToolSession | None):
+        self.streamer = ToolCallStreamer() if session is not None and session.parses_calls else None
+        self.sent = 0  # plain text: chars sent
+        self.first = True
+
+    def update(self, text: str, reason: str | None) -> list[dict]:
+        """The deltas to send now (possibly none). The first ever carries the role."""
+        if self.streamer is None:
+            delta = text[self.sent:]
+            self.sent = len(text)
+            if not (self.first or delta or reason):
+                return []
+            deltas = [{"content": delta}]
+        else:
+            deltas = self.streamer.update(text, finished=reason is not None)
+            if not deltas and (self.first or reason):
+                deltas = [{}] if not self.first else [{"content": None}]
+        if self.first:
+            deltas[0] = {"role": "assistant", **deltas[0]}
+            self.first = False
+        return deltas
+
+    def finish_reason(self, reason: str | None) -> str | None:
+        return finish_reason(reason, self.streamer.num_calls if self.streamer else 0)

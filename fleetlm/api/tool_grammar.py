@@ -1,0 +1,68 @@
+"""A tool list + tool_choice -> the llguidance Lark grammar that constrains the model's reply.
+
+Contract: text the grammar accepts is what `tool_parser.parse_tool_output` reads back, and in
+it every call names a function of the list and carries arguments that are compact JSON valid
+under that function's `parameters` schema:
+
+- "required": `<tool_call>CALL</tool_call>`, then (when parallel calls are allowed) up to
+  MAX_PARALLEL_CALLS - 1 more calls, each after one "\\n"; then the end of the reply.
+- "named": the same, with only the named function allowed.
+- "auto": free text, or free text that runs up to the first `<tool_call>` and then calls as
+  above. The text part is a lazy lexeme (llguidance's tool-calling idiom): it ends at the
+  first `<tool_call>`, after which the reply is constrained; free text never contains the marker.
+- "none": no grammar (plain text; the parser is not used either).
+
+CALL is `{"name":"NAME","arguments":ARGS}`, the name fixed by the grammar, ARGS from the
+function's schema via `%json`. A `parameters` object that does not say `additionalProperties`
+is closed here (false): a call carries only declared parameters (what the schema lists is
+what the function takes; small models otherwise invent keys). The arguments still validate
+under the schema as given.
+"""
+
+from __future__ import annotations
+
+import json
+
+from fleetlm.api.tool_prompt import CALL_CLOSE, CALL_OPEN, FunctionTool, ToolChoice
+
+# More calls than this in one reply is a model looping; the cap also bounds the reply.
+MAX_PARALLEL_CALLS = 8
+# Compact JSON (no free whitespace, where small models loop), as structured.py does for
+# response_format; in a Lark `%json` block the options go in the schema's "x-guidance".
+_COMPACT = {"whitespace_flexible": False, "item_separator": ",", "key_separator": ":"}
+
+
+def tool_grammar(tools: list[FunctionTool], choice: ToolChoice, *, parallel: bool) -> str | None:
+    """The Lark grammar text for the reply, or None under tool_choice "none"."""
+    if choice.mode == "none":
+        return None
+    allowed = [t for t in tools if choice.mode != "named" or t.name == choice.name]
+    lines = ["%llguidance {}"]
+    if choice.mode == "auto":
+        lines += ["start: TEXT | text_then_call calls",
+                  f"text_then_call[lazy]: TEXT {_lit(CALL_OPEN)}",
+                  r"TEXT: /(.|\n)*/"]
+    else:
+        lines.append(f"start: {_lit(CALL_OPEN)} calls")
+    more = f' ({_lit(chr(10) + CALL_OPEN)} call){{0,{MAX_PARALLEL_CALLS - 1}}}' if parallel else ""
+    lines.append(f"calls: call{more}")
+    lines.append("call: " + " | ".join(f"fn_{i}" for i in range(len(allowed))))
+    for i, tool in enumerate(allowed):
+        head = _lit(f'{{"name":{json.dumps(tool.name)},"arguments":')
+        lines.append(f"fn_{i}: {head} %json {json.dumps(_closed(tool.parameters))} {_lit('}' + CALL_CLOSE)}")
+    return "\n".join(lines) + "\n"
+
+
+def _closed(schema: dict) -> dict:
+    """The schema as the grammar uses it: compact, and closed when it does not say otherwise."""
+    out = dict(schema)
+    out.setdefault("type", "object")
+    if "additionalProperties" not in out and "patternProperties" not in out:
+        out["additionalProperties"] = False
+    out["x-guidance"] = _COMPACT
+    return out
+
+
+def _lit(text: str) -> str:
+    """A Lark string literal (JSON string escaping is valid Lark)."""
+    return json.dumps(text, ensure_ascii=False)
