@@ -42,10 +42,10 @@ class AsyncLLM:
         return self.engine.tokenizer
 
     async def generate(self, prompt: str | list[int], params: SamplingParams | None = None, *,
-                       request_id: str | None = None) -> AsyncIterator[RequestOutput]:
+                       request_id: str | None = None, lora_request=None) -> AsyncIterator[RequestOutput]:
         if self._stopped.is_set():
             raise EngineDeadError("the engine is not running") from self.error
-        req = self.engine.make_request(prompt, params, request_id=request_id)
+        req = self.engine.make_request(prompt, params, request_id=request_id, lora_request=lora_request)
         rid = req.request_id
         stream: asyncio.Queue = asyncio.Queue()
         with self._lock:

@@ -56,6 +56,7 @@ class Request:
     prompt_ids: list[int]
     params: SamplingParams
     max_tokens: int  # params.max_tokens clamped to the context left after the prompt
+    lora: object | None = None  # lora.AdapterWeights serving it; None: the base model
     seqs: list[Sequence] = field(default_factory=list)
     detoks: list[IncrementalDetokenizer] = field(default_factory=list)
     arrival_time: float = field(default_factory=time.monotonic)
@@ -90,11 +91,13 @@ class LLMEngine:
                              f"{self.max_model_len}-token sequence; raise kv_cache_memory_gb")
         self.kv = KVCacheManager(num_blocks=num_blocks, block_size=bs,
                                  enable_prefix_caching=config.enable_prefix_caching)
+        self.lora_pool = self._lora_pool() if config.enable_lora else None
         self.scheduler = Scheduler(self.kv, max_num_seqs=config.max_num_seqs,
-                                   max_num_batched_tokens=config.max_num_batched_tokens)
+                                   max_num_batched_tokens=config.max_num_batched_tokens,
+                                   lora_pool=self.lora_pool)
         self.runner = ModelRunner(self.loaded.model, num_blocks=num_blocks, block_size=bs,
                                   dtype=self.loaded.dtype, device=self.loaded.device,
-                                  decode_kernel=self._decode_kernel())
+                                  decode_kernel=self._decode_kernel(), lora_pool=self.lora_pool)
         self.gen = torch.Generator(device=self.loaded.device).manual_seed(config.seed)
         if config.tune_malloc and self.loaded.device.type == "cpu":
             # only now: the load-time temporaries (fp32 weights) went back to the OS
@@ -104,6 +107,15 @@ class LLMEngine:
         self._grammar_lock = threading.Lock()
         self._seq_ids = itertools.count()
         self._req_ids = itertools.count()
+
+    def _lora_pool(self):
+        from fleetlm.engine.lora import LoRAPool, attach_lora, projection_shapes
+
+        model = self.loaded.model
+        pool = LoRAPool(projection_shapes(model), max_loras=self.config.max_loras,
+                        max_rank=self.config.max_lora_rank, dtype=self.loaded.dtype, device=self.loaded.device)
+        attach_lora(model, pool)
+        return pool
 
     def _decode_kernel(self):
         cfg = self.config
@@ -122,8 +134,10 @@ class LLMEngine:
 
     # ---- requests --------------------------------------------------------------------
     def make_request(self, prompt: str | list[int], params: SamplingParams | None = None, *,
-                     request_id: str | None = None) -> Request:
-        """Validate and tokenize; raises InvalidRequestError / PromptTooLongError."""
+                     request_id: str | None = None, lora_request=None) -> Request:
+        """Validate and tokenize; raises InvalidRequestError / PromptTooLongError, and
+        LoRAError / LoRANotFoundError for an adapter that cannot be served (lora_request:
+        a `lora.LoRARequest`, or None for the base model)."""
         params = params or SamplingParams()
         if not isinstance(params, SamplingParams):
             raise InvalidRequestError("params must be a SamplingParams", param="sampling_params")
@@ -146,8 +160,14 @@ class LLMEngine:
         max_tokens = room if params.max_tokens is None else min(params.max_tokens, room)
         if params.structured is not None:
             self.grammar().compile(params.structured)  # invalid schema: GrammarError (400) now
+        lora = None
+        if lora_request is not None:
+            if self.lora_pool is None:
+                raise InvalidRequestError("this engine was started without LoRA support "
+                                          "(EngineConfig.enable_lora)", param="model")
+            lora = self.lora_pool.check(lora_request)
         rid = request_id if request_id is not None else f"req-{next(self._req_ids)}"
-        return Request(rid, text, ids, params, max_tokens)
+        return Request(rid, text, ids, params, max_tokens, lora=lora)
 
     def grammar(self):
         """The engine's grammar compiler, built on first use (its tokenizer table takes a few
@@ -170,7 +190,8 @@ class LLMEngine:
                 gen = torch.Generator(device=self.loaded.device).manual_seed(p.seed * 1_000_003 + i)
             seq = Sequence(next(self._seq_ids), req.request_id, i, list(req.prompt_ids), len(req.prompt_ids),
                            p, generator=gen, wait_for=req.seqs[0] if i else None,
-                           arrival_time=req.arrival_time)
+                           arrival_time=req.arrival_time, lora=req.lora,
+                           cache_salt=req.lora.cache_salt if req.lora is not None else b"")
             if p.structured is not None:
                 seq.matcher = self.grammar().matcher(p.structured)
             req.seqs.append(seq)

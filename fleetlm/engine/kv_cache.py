@@ -55,7 +55,7 @@ class KVCacheManager:
         bs = self.block_size
         while len(seq.block_hashes) < num_full_blocks:
             i = len(seq.block_hashes)
-            parent = seq.block_hashes[-1] if i else b""
+            parent = seq.block_hashes[-1] if i else seq.cache_salt
             seq.block_hashes.append(chain_hash(parent, seq.token_ids[i * bs : (i + 1) * bs]))
         return seq.block_hashes
 

@@ -22,9 +22,11 @@ class LLM:
         sampling_params: SamplingParams | Seq[SamplingParams] | None = None,
         *,
         prompt_token_ids: Seq[Seq[int]] | None = None,
+        lora_request=None,
     ) -> list[RequestOutput]:
         """Run every prompt to completion, continuously batched; outputs in input order.
-        All prompts are validated before any is queued."""
+        All prompts are validated before any is queued. lora_request: one `LoRARequest` for
+        every prompt, a list (one per prompt, None = base model), or None."""
         if (prompts is None) == (prompt_token_ids is None):
             raise ValueError("pass exactly one of prompts or prompt_token_ids")
         items = [prompts] if isinstance(prompts, str) else list(prompts if prompts is not None else prompt_token_ids)
@@ -34,7 +36,10 @@ class LLM:
             params = list(sampling_params)
             if len(params) != len(items):
                 raise ValueError(f"{len(params)} sampling params for {len(items)} prompts")
-        reqs = [self.engine.make_request(x, p) for x, p in zip(items, params)]
+        loras = list(lora_request) if isinstance(lora_request, (list, tuple)) else [lora_request] * len(items)
+        if len(loras) != len(items):
+            raise ValueError(f"{len(loras)} lora requests for {len(items)} prompts")
+        reqs = [self.engine.make_request(x, p, lora_request=lo) for x, p, lo in zip(items, params, loras)]
         for r in reqs:
             self.engine.add(r)
         done: dict[str, RequestOutput] = {}

@@ -25,6 +25,7 @@ class ModelInputs:
     meta: AttentionMetadata
     logit_rows: torch.Tensor  # (N,) int64, rows of the flat batch whose next token is sampled
     sampling_seqs: list[Sequence]  # (N,) the sequences those rows belong to
+    lora_slots: torch.Tensor | None = None  # (T,) int64 adapter slot per token; None: all base
 
 
 def kv_bytes_per_block(model: torch.nn.Module, block_size: int, dtype: torch.dtype) -> int:
@@ -34,8 +35,9 @@ def kv_bytes_per_block(model: torch.nn.Module, block_size: int, dtype: torch.dty
 
 class ModelRunner:
     def __init__(self, model: torch.nn.Module, *, num_blocks: int, block_size: int,
-                 dtype: torch.dtype, device: torch.device, decode_kernel=None):
+                 dtype: torch.dtype, device: torch.device, decode_kernel=None, lora_pool=None):
         self.model = model
+        self.lora_pool = lora_pool  # lora.LoRAPool whose LoRALinear wrappers are in the model
         self.decode_kernel = decode_kernel  # native paged decode attention, or None: PyTorch path
         self.block_size = block_size
         self.device = device
@@ -53,8 +55,10 @@ class ModelRunner:
         chunks: list[ChunkRow] = []
         dec_index, dec_tables, dec_pos = [], [], []
         logit_rows, sampling = [], []
+        lora_slots: list[int] = []
         for seq, n in zip(sched.seqs, sched.num_new_tokens):
             start, c = len(ids), seq.num_computed_tokens
+            lora_slots.extend([seq.lora_slot] * n)
             ids.extend(seq.token_ids[c : c + n])
             pos = range(c, c + n)
             positions.extend(pos)
@@ -72,7 +76,8 @@ class ModelRunner:
         decode = self._decode_rows(dec_index, dec_tables, dec_pos) if dec_index else None
         as_long = lambda xs: torch.tensor(xs, dtype=torch.long, device=dev)  # noqa: E731
         meta = AttentionMetadata(slot_mapping=as_long(slots), chunks=chunks, decode=decode)
-        return ModelInputs(as_long(ids), as_long(positions), meta, as_long(logit_rows), sampling)
+        lora = as_long(lora_slots) if any(s.lora_slot for s in sched.seqs) else None
+        return ModelInputs(as_long(ids), as_long(positions), meta, as_long(logit_rows), sampling, lora)
 
     def _chunk_row(self, start: int, computed: int, n: int, table: list[int]) -> ChunkRow:
         q_pos = torch.arange(computed, computed + n, device=self.device)
@@ -102,6 +107,8 @@ class ModelRunner:
     def execute(self, sched: SchedulerOutput) -> tuple[torch.Tensor, list[Sequence]]:
         """Run one step -> (logits (N, vocab) of the sampling rows, their sequences)."""
         inp = self.prepare_inputs(sched)
+        if self.lora_pool is not None:
+            self.lora_pool.set_batch(inp.lora_slots)
         hidden = self.model(inp.input_ids, inp.positions, self.caches, inp.meta)
         if not inp.sampling_seqs:
             return hidden.new_empty((0, 0), dtype=torch.float32), []

@@ -7,6 +7,8 @@ the sequence cap and free KV blocks allow. A prompt longer than the remaining bu
 chunked over several steps, mixed with other sequences' decodes. When blocks run out, the
 most recently admitted running sequence is preempted: its blocks are freed and it is
 recomputed later (its computed blocks usually survive in the prefix cache).
+A sequence served by a LoRA adapter also needs one of the pool's adapter slots while it
+runs; when none is free it waits, like a sequence that does not fit the KV cache.
 """
 
 from __future__ import annotations
@@ -33,8 +35,10 @@ class SchedulerOutput:
 
 
 class Scheduler:
-    def __init__(self, kv: KVCacheManager, *, max_num_seqs: int, max_num_batched_tokens: int):
+    def __init__(self, kv: KVCacheManager, *, max_num_seqs: int, max_num_batched_tokens: int,
+                 lora_pool=None):
         self.kv = kv
+        self.lora_pool = lora_pool  # lora.LoRAPool, or None when adapters are off
         self.max_num_seqs = max_num_seqs
         self.max_num_batched_tokens = max_num_batched_tokens
         self.waiting: deque[Sequence] = deque()
@@ -73,9 +77,12 @@ class Scheduler:
                 break
             if seq.wait_for is not None and not (seq.wait_for.prompt_computed or seq.wait_for.finished):
                 continue  # a sibling: wait until the shared prompt is in the cache
+            if not self._take_lora_slot(seq):
+                break  # every adapter slot is in use; FCFS as for memory
             hit = self.kv.lookup_prefix(seq)
             n = min(seq.num_tokens - len(hit) * self.kv.block_size, budget)
             if not self.kv.admit(seq, hit, len(hit) * self.kv.block_size + n):
+                self._drop_lora_slot(seq)
                 break  # no room; FCFS: do not let later, smaller requests overtake
             if seq.num_preemptions == 0 and seq.num_output_tokens == 0:
                 seq.num_cached_prompt_tokens = seq.num_computed_tokens
@@ -87,7 +94,20 @@ class Scheduler:
             budget -= n
         return out
 
+    def _take_lora_slot(self, seq: Sequence) -> bool:
+        if seq.lora is None:
+            return True
+        slot = self.lora_pool.acquire(seq.lora)
+        seq.lora_slot = slot or 0
+        return slot is not None
+
+    def _drop_lora_slot(self, seq: Sequence) -> None:
+        if seq.lora_slot:
+            self.lora_pool.release(seq.lora_slot)
+            seq.lora_slot = 0
+
     def _preempt(self, seq: Sequence, out: SchedulerOutput) -> None:
+        self._drop_lora_slot(seq)
         self.kv.free_seq(seq)
         seq.status = SeqStatus.WAITING
         seq.num_preemptions += 1
@@ -99,6 +119,7 @@ class Scheduler:
         """Mark seq finished and free its blocks at once (also used for aborts)."""
         if seq.status is SeqStatus.RUNNING:
             self.running.remove(seq)
+            self._drop_lora_slot(seq)
         elif seq.status is SeqStatus.WAITING:
             self.waiting.remove(seq)
         self.kv.free_seq(seq)

@@ -47,6 +47,9 @@ class Sequence:
     first_token_time: float | None = None
     num_preemptions: int = 0
     matcher: object | None = None  # GrammarMatcher when the request has a structured output
+    lora: object | None = None  # lora.AdapterWeights when served by an adapter, else the base model
+    lora_slot: int = 0  # the adapter's pool slot while running (0: base model, or not running)
+    cache_salt: bytes = b""  # seeds the prefix-hash chain (the adapter's identity)
 
     @property
     def num_tokens(self) -> int:
