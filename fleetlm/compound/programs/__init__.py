@@ -1,0 +1,1 @@
+"""Compound programs: catalog Targets that call other Targets and tools (compound/<name>)."""

@@ -1,0 +1,261 @@
+"""`compound/<name>` (e.g. `compound/tool-agent`): an LLMCompiler-style agent over the
+server's own tools, served as an ordinary chat model.
+
+One request runs up to `max_rounds` rounds of: the planner model (any catalog Target) writes
+a plan in `fleetlm.compound.tools.plan`'s format -> the DAG executor runs it (independent
+calls concurrently) -> the joiner model (the same or another Target) reads the results and
+answers (`Action: Finish(...)`) or asks for another round (`Action: Replan(...)`). A plan
+that cannot be parsed is sent back to the planner with the error. The last round's joiner
+must answer. Sub-models are called with `await target.chat(sub_request, raw)` like any
+router, so a planner can be a local model, an upstream server or a router.
+
+Contract: the response is an OpenAI chat completion (or its stream: one content chunk, then
+the finish chunk) with usage summed over the planner and joiner calls, plus `fleetlm_trace`:
+{"rounds": [{"round", "plan", "error", "planner_s", "joiner", "joiner_s"}], "calls": [each
+call's id, round, tool, args, start_s/end_s (seconds since the request started), duration_s,
+attempts, error, result], "wall_s"}. The client's `tools` are refused: the agent's tools are
+configured on the server.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import time
+import uuid
+from dataclasses import dataclass, field
+
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from fleetlm.api import openai_format as fmt
+from fleetlm.api.errors import APIError
+from fleetlm.compound.tools.executor import ExecutorConfig, execute
+from fleetlm.compound.tools.plan import PlanError, parse_plan
+from fleetlm.compound.tools.registry import ToolRegistry, docs_tool, http_tool, python_tool, sql_tool
+
+HTTP_KEYS = {"name", "url", "description", "parameters", "method", "headers", "timeout_s"}
+
+
+@dataclass(kw_only=True)
+class ToolAgentConfig:
+    name: str  # served as compound/<name>
+    planner: str  # catalog model id that writes plans
+    joiner: str | None = None  # catalog model id that answers; None: the planner
+    tools: list[str] = field(default_factory=list)  # Python tools, "package.module:function"
+    http: list[dict] = field(default_factory=list)  # {name, url, description, parameters, method?, headers?, timeout_s?}
+    sqlite: str | None = None  # path of a SQLite file: a read-only `sql` tool
+    docs: str | None = None  # folder of .txt/.md files: a `search_docs` tool (MiniLM)
+    max_rounds: int = 2  # plan -> execute -> join rounds before the joiner must answer
+    call_timeout_s: float = 30.0  # per tool-call attempt
+    retries: int = 1  # extra attempts for a failed or timed-out call
+    max_tokens: int = 512  # per planner / joiner call
+
+    def __post_init__(self):
+        if not re.fullmatch(r"[A-Za-z0-9][\w.\-]*", self.name):
+            raise ValueError(f"tool agent name {self.name!r}: letters, digits, '_', '.', '-' only")
+        if self.max_rounds < 1 or self.max_tokens < 1 or self.retries < 0 or self.call_timeout_s <= 0:
+            raise ValueError(f"tool agent {self.name}: need max_rounds >= 1, max_tokens >= 1, retries >= 0, "
+                             "call_timeout_s > 0")
+        for h in self.http:
+            unknown, missing = set(h) - HTTP_KEYS, {"name", "url", "description", "parameters"} - set(h)
+            if unknown or missing:
+                raise ValueError(f"tool agent {self.name}: http tool {h.get('name', '?')}: unknown keys "
+                                 f"{sorted(unknown)}, missing keys {sorted(missing)}")
+        if not (self.tools or self.http or self.sqlite or self.docs):
+            raise ValueError(f"tool agent {self.name}: configure at least one tool (tools, http, sqlite or docs)")
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "ToolAgentConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"Unknown ToolAgentConfig key(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        return cls(**values)
+
+
+def build_tools(cfg: ToolAgentConfig, *, embedder=None) -> ToolRegistry:
+    """The configured tools; the docs tool embeds its folder now (MiniLM, loaded if not given)."""
+    reg = ToolRegistry(python_tool(ref) for ref in cfg.tools)
+    for h in cfg.http:
+        reg.add(http_tool(h["name"], h["url"], description=h["description"], parameters=h["parameters"],
+                          method=h.get("method", "POST"), headers=h.get("headers"),
+                          timeout_s=h.get("timeout_s", cfg.call_timeout_s)))
+    if cfg.sqlite:
+        reg.add(sql_tool(cfg.sqlite))
+    if cfg.docs:
+        if embedder is None:
+            from fleetlm.models.embeddings import Embedder
+
+            embedder = Embedder()
+        reg.add(docs_tool(cfg.docs, embedder))
+    return reg
+
+
+def build_tool_agent(cfg: ToolAgentConfig, by_id: dict, *, embedder=None, tools: ToolRegistry | None = None):
+    """A ToolAgentTarget over already-built catalog Targets (`by_id`: model id -> Target)."""
+    missing = sorted({cfg.planner, cfg.joiner or cfg.planner} - set(by_id))
+    if missing:
+        raise ValueError(f"tool agent {cfg.name}: unknown model ids {missing}")
+    return ToolAgentTarget(cfg, by_id[cfg.planner], by_id[cfg.joiner or cfg.planner],
+                           tools if tools is not None else build_tools(cfg, embedder=embedder))
+
+
+PLANNER_PROMPT = """You answer the user's question by planning calls to these tools:
+{tools}
+
+Write the plan as numbered calls, one per line, and end with join(). Pass a call's result to a
+later call with $N, or one of its fields with $N.field. Calls that do not use each other's
+results run at the same time. Use only the tools above, with name=value arguments. Example:
+1. {example}(...)
+2. {example}(...)
+3. join()"""
+
+JOINER_PROMPT = """You are given a question and the results of tool calls made to answer it.
+Reply in exactly this form:
+Thought: <what the results show>
+Action: Finish(<the final answer for the user>)
+{replan}"""
+
+REPLAN = ("or, if the results are not enough and more tool calls would help:\n"
+          "Thought: <what is missing>\nAction: Replan(<what to look up next>)")
+_ACTION = re.compile(r"Action:\s*(Finish|Replan)\s*\((.*)\)\s*$", re.S)
+
+
+def describe_tool(tool) -> str:
+    props, required = tool.parameters.get("properties", {}), set(tool.parameters.get("required", []))
+    params = ", ".join(f"{k}{'' if k in required else '?'}: {v.get('type', 'any')}" for k, v in props.items())
+    return f"- {tool.name}({params}): {tool.description}"
+
+
+class ToolAgentTarget:
+    def __init__(self, cfg: ToolAgentConfig, planner, joiner, tools: ToolRegistry):
+        self.cfg, self.planner, self.joiner, self.tools = cfg, planner, joiner, tools
+        self.model_id = f"compound/{cfg.name}"
+        self.executor = ExecutorConfig(call_timeout_s=cfg.call_timeout_s, retries=cfg.retries)
+        self.param_order = {t.name: list(t.parameters.get("properties", {})) for t in tools}
+        first = next(iter(tools.tools), "tool")
+        self.planner_prompt = PLANNER_PROMPT.format(tools="\n".join(describe_tool(t) for t in tools),
+                                                    example=first)
+
+    def card(self, created: int) -> dict:
+        return {"id": self.model_id, "object": "model", "created": created, "owned_by": "fleetlm",
+                "planner": self.planner.model_id, "joiner": self.joiner.model_id,
+                "tools": [t.name for t in self.tools]}
+
+    async def complete(self, req, raw):
+        raise APIError(400, f"{self.model_id} is a chat model; use /v1/chat/completions", param="model")
+
+    async def chat(self, req, raw):
+        for name, bad in (("tools", req.tools), ("n", req.n != 1), ("logprobs", req.logprobs),
+                          ("response_format", req.response_format is not None and req.response_format.type != "text")):
+            if bad:
+                raise APIError(400, f"{self.model_id} does not support `{name}` (its tools are configured on "
+                                    "the server, and it answers with one text message)", param=name)
+        answer, trace, usage = await self.run(req, raw)
+        rid = f"chatcmpl-{uuid.uuid4().hex}"
+        if not req.stream:
+            choice = {"index": 0, "message": {"role": "assistant", "content": answer},
+                      "logprobs": None, "finish_reason": "stop"}
+            body = fmt.envelope("chat.completion", rid, self.model_id, [choice], usage)
+            return JSONResponse({**body, "fleetlm_trace": trace})
+        return StreamingResponse(self._events(req, rid, answer, trace, usage), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache"})
+
+    async def _events(self, req, rid, answer, trace, usage):
+        created = int(time.time())
+        first = {"index": 0, "delta": {"role": "assistant", "content": answer}, "logprobs": None, "finish_reason": None}
+        last = {"index": 0, "delta": {}, "logprobs": None, "finish_reason": "stop"}
+        yield _sse(fmt.envelope("chat.completion.chunk", rid, self.model_id, [first], created=created))
+        yield _sse({**fmt.envelope("chat.completion.chunk", rid, self.model_id, [last], created=created),
+                    "fleetlm_trace": trace})
+        if req.stream_options and req.stream_options.include_usage:
+            yield _sse(fmt.envelope("chat.completion.chunk", rid, self.model_id, [], usage, created))
+        yield "data: [DONE]\n\n"
+
+    async def run(self, req, raw) -> tuple[str, dict, dict]:
+        """(answer, trace, usage) for one chat request."""
+        t0 = time.monotonic()
+        usage = {"prompt_tokens": 0, "completion_tokens": 0}
+        system = [m.text() for m in req.messages if m.role in ("system", "developer")]
+        convo = [{"role": m.role, "content": m.text()} for m in req.messages if m.role in ("user", "assistant")]
+        question = next((m["content"] for m in reversed(convo) if m["role"] == "user"), "")
+        planner_msgs = [{"role": "system", "content": "\n\n".join([self.planner_prompt, *system])}, *convo]
+        rounds, calls, observations, answer = [], [], [], None
+        for r in range(self.cfg.max_rounds):
+            last = r == self.cfg.max_rounds - 1
+            s = time.monotonic()
+            plan_text = await self._ask(self.planner, planner_msgs, raw, usage)
+            info = {"round": r, "plan": plan_text, "error": None, "planner_s": round(time.monotonic() - s, 6)}
+            rounds.append(info)
+            try:
+                plan = parse_plan(plan_text, param_order=self.param_order)
+                plan.validate(self.tools.tools)
+            except PlanError as exc:
+                info["error"] = str(exc)
+                planner_msgs += [{"role": "assistant", "content": plan_text},
+                                 {"role": "user", "content": f"That plan cannot run: {exc}. Write a corrected plan."}]
+                continue
+            offset = time.monotonic() - t0
+            ex = await execute(plan, self.tools.tools, self.executor)
+            for rec in ex.trace:
+                j = rec.to_json()
+                for k in ("start_s", "end_s"):
+                    j[k] = None if j[k] is None else round(j[k] + offset, 6)
+                calls.append({"round": r, **j})
+                observations.append(_observation(rec))
+            s = time.monotonic()
+            verdict = await self._ask(self.joiner, self._joiner_messages(question, observations, last), raw, usage)
+            info.update(joiner=verdict, joiner_s=round(time.monotonic() - s, 6))
+            action, content = _parse_joiner(verdict)
+            if action == "Finish" or last:
+                answer = content
+                break
+            planner_msgs += [{"role": "assistant", "content": plan_text},
+                             {"role": "user", "content": "Results so far:\n" + "\n".join(observations)
+                              + f"\nThat is not enough yet: {content}\nWrite a new plan for the next calls."}]
+        if answer is None:  # no round both planned and joined: answer from what there is
+            verdict = await self._ask(self.joiner, self._joiner_messages(question, observations, True), raw, usage)
+            rounds.append({"round": len(rounds), "plan": None, "error": None, "planner_s": 0.0, "joiner": verdict})
+            answer = _parse_joiner(verdict)[1]
+        usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
+        return answer, {"rounds": rounds, "calls": calls, "wall_s": round(time.monotonic() - t0, 6)}, usage
+
+    def _joiner_messages(self, question: str, observations: list[str], last: bool) -> list[dict]:
+        results = "\n".join(observations) or "(no tool results)"
+        return [{"role": "system", "content": JOINER_PROMPT.format(replan="" if last else REPLAN)},
+                {"role": "user", "content": f"Question: {question}\n\nTool results:\n{results}"}]
+
+    async def _ask(self, target, messages: list[dict], raw, usage: dict) -> str:
+        """One non-streamed chat call to a catalog Target; its text, usage added to `usage`."""
+        from fleetlm.api.protocol import ChatCompletionRequest
+
+        sub = ChatCompletionRequest(model=target.model_id, messages=messages, max_tokens=self.cfg.max_tokens,
+                                    temperature=0)
+        resp = await target.chat(sub, raw)
+        body = json.loads(bytes(resp.body))
+        if resp.status_code >= 400:
+            message = body.get("error", {}).get("message", "") if isinstance(body, dict) else ""
+            status = resp.status_code if resp.status_code < 500 else 502
+            raise APIError(status, f"{self.model_id}: {target.model_id} failed (HTTP {resp.status_code}): {message}")
+        for k in ("prompt_tokens", "completion_tokens"):
+            usage[k] += (body.get("usage") or {}).get(k, 0)
+        return body["choices"][0]["message"].get("content") or ""
+
+
+def _observation(rec) -> str:
+    args = ", ".join(f"{k}={json.dumps(v, ensure_ascii=False, default=str)}" for k, v in (rec.to_json()["args"] or {}).items())
+    out = f"ERROR: {rec.error}" if rec.error else json.dumps(rec.to_json()["result"], ensure_ascii=False)
+    return f"{rec.id}. {rec.tool}({args}) -> {out[:2000]}"
+
+
+def _parse_joiner(text: str) -> tuple[str, str]:
+    """("Finish" | "Replan", content); text without an Action line is the answer itself."""
+    m = _ACTION.match(text, max(text.rfind("Action:"), 0))
+    if m is None:
+        return "Finish", text.strip()
+    return m.group(1), m.group(2).strip()
+
+
+def _sse(data: dict) -> str:
+    return f"data: {json.dumps(data, ensure_ascii=False)}\n\n"
