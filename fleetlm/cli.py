@@ -235,6 +235,9 @@ def build_parser() -> argparse.ArgumentParser:
     from fleetlm.compound.router.cli import add_router_parser
 
     add_router_parser(sub)
+    from fleetlm.evals.cli import add_eval_parser
+
+    add_eval_parser(sub)
 
     for name, fn, doc in [("chat", cmd_chat, "chat with a running server, or with the engine in-process"),
                           ("models", cmd_models, "list the models of a running server (or the local ones)")]:
