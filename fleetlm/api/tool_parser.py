@@ -3,8 +3,9 @@
 Contract: `parse_tool_output(text, finished=True)` is the non-streamed result. While a reply
 streams, `parse_tool_output(prefix, finished=False)` is monotone: its content and each
 call's arguments are prefixes of what any longer prefix (and the finished text) gives, and a
-call appears only once its name is complete. It holds back a tail that may still turn out to
-be markup (a partial `<tool_call>` after content, a partial `}</tool_call>` after arguments).
+call appears only once its name is complete. It holds back a tail of the content that may
+still turn out to be a partial `<tool_call>`; arguments need no hold-back, as they end where
+their JSON object closes.
 `ToolCallStreamer` emits the differences, so the concatenation of the streamed deltas equals
 the non-streamed message exactly (the biggest bug cluster of tool streaming elsewhere).
 
@@ -65,11 +66,9 @@ def parse_tool_output(text: str, *, finished: bool) -> ParsedOutput:
                 pos += len(_SEP)
                 continue
             return parsed
-        rest = text[args_at:]
-        if args_end is not None:  # the object closed; what follows is (part of) the end tag
-            args = text[args_at:args_end]
-        else:  # still open, or cut off when finished: what was generated so far
-            args = rest if finished else rest[:len(rest) - _held(rest, _END)]
+        # Open arguments are a prefix of the finished ones, whatever comes next: the object
+        # can only close later. Once closed, what follows is (part of) the end tag.
+        args = text[args_at:] if args_end is None else text[args_at:args_end]
         parsed.calls.append(ParsedCall(head.group(1), args, False))
         return parsed
 
