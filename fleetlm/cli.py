@@ -228,13 +228,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-pending-requests", type=int, default=256)
     s.add_argument("--no-embeddings", action="store_true", help="do not load all-MiniLM-L6-v2")
     s.add_argument("--config", default=None,
-                   help="fleet.toml with [[upstream]] servers (upstream/<name>/<model>) and "
-                        "[[router]]s (router/<name>)")
+                   help="fleet.toml with [[upstream]] servers (upstream/<name>/<model>), "
+                        "[[router]]s (router/<name>) and [[pool]]s (one model id, routed by prompt length)")
     s.set_defaults(func=cmd_serve)
 
     from fleetlm.compound.router.cli import add_router_parser
 
     add_router_parser(sub)
+
+    from fleetlm.hardware.cli import add_hardware_parser
+
+    add_hardware_parser(sub)
     from fleetlm.evals.cli import add_eval_parser
 
     add_eval_parser(sub)

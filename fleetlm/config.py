@@ -142,22 +142,56 @@ class RouterConfig:
         return _from_dict(cls, values)
 
 
+@dataclass(kw_only=True)
+class PoolConfig:
+    """One model id backed by several pools (e.g. upstreams on different hardware); each
+    request goes to the pools its prompt-length bucket prefers (`fleet plan` says which),
+    then to any other pool if those fail."""
+
+    model: str  # the model id clients use
+    members: dict[str, str]  # pool name -> catalog model id serving it
+    prompt_edges: list[int]  # bucket i holds prompts with edges[i-1] <= tokens < edges[i]
+    buckets: list[list[str]]  # per bucket (len(prompt_edges) + 1): pool names, preferred first
+    chars_per_token: float = 4.0  # prompt tokens are estimated as characters / this
+    cooldown_s: float = 30.0  # a failing pool is skipped this long
+
+    def __post_init__(self):
+        if not self.model or not self.members:
+            raise ValueError("pool: give model and members")
+        if list(self.prompt_edges) != sorted(set(self.prompt_edges)) or any(e < 1 for e in self.prompt_edges):
+            raise ValueError(f"pool {self.model}: prompt_edges must be increasing positive integers")
+        if len(self.buckets) != len(self.prompt_edges) + 1:
+            raise ValueError(f"pool {self.model}: {len(self.prompt_edges)} edges need "
+                             f"{len(self.prompt_edges) + 1} buckets, got {len(self.buckets)}")
+        unknown = sorted({n for b in self.buckets for n in b} - set(self.members))
+        if unknown or not all(self.buckets):
+            raise ValueError(f"pool {self.model}: every bucket lists pools from members (unknown: {unknown})")
+        if self.chars_per_token <= 0 or self.cooldown_s < 0:
+            raise ValueError(f"pool {self.model}: chars_per_token must be > 0 and cooldown_s >= 0")
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "PoolConfig":
+        return _from_dict(cls, values)
+
+
 @dataclass
 class FleetFile:
     upstreams: list[UpstreamConfig]
     routers: list[RouterConfig]
+    pools: list[PoolConfig] = dataclasses.field(default_factory=list)
+    devices: list[dict] = dataclasses.field(default_factory=list)  # validated by fleetlm.hardware.devices
 
 
 def load_fleet_toml(path: str) -> FleetFile:
-    """Read `[[upstream]]` and `[[router]]` tables from a fleet.toml; unknown tables or keys
-    are errors."""
+    """Read `[[upstream]]`, `[[router]]`, `[[pool]]` and `[[device]]` tables from a fleet.toml;
+    unknown tables or keys are errors."""
     import tomllib
 
     with open(path, "rb") as f:
         data = tomllib.load(f)
-    unknown = sorted(set(data) - {"upstream", "router"})
+    unknown = sorted(set(data) - {"upstream", "router", "pool", "device"})
     if unknown:
-        raise ValueError(f"{path}: unknown table(s) {', '.join(unknown)}; known: upstream, router")
+        raise ValueError(f"{path}: unknown table(s) {', '.join(unknown)}; known: upstream, router, pool, device")
     ups = [UpstreamConfig.from_dict(u) for u in data.get("upstream", [])]
     routers = [RouterConfig.from_dict(r) for r in data.get("router", [])]
     for kind, names in (("upstream", [u.name for u in ups]), ("router", [r.name for r in routers])):
@@ -165,4 +199,13 @@ def load_fleet_toml(path: str) -> FleetFile:
             raise ValueError(f"{path}: {kind} names must be unique")
     if sum(r.default for r in routers) > 1:
         raise ValueError(f"{path}: at most one router can be the default (router/auto)")
-    return FleetFile(ups, routers)
+    pools = [PoolConfig.from_dict(p) for p in data.get("pool", [])]
+    if len({p.model for p in pools}) != len(pools):
+        raise ValueError(f"{path}: pool model ids must be unique")
+    devices = list(data.get("device", []))
+    if devices:
+        from fleetlm.hardware.devices import Device
+
+        for d in devices:
+            Device.from_dict(dict(d))  # unknown keys and bad values are errors now, not at plan time
+    return FleetFile(ups, routers, pools, devices)

@@ -98,9 +98,10 @@ def build_routers(configs, by_id: dict, metrics: Metrics) -> list[RouterTarget]:
 
 
 def create_app(config: ServerConfig, llm: AsyncLLM, *, model_id: str, embedder=None,
-               structured=None, upstreams=(), routers=()) -> FastAPI:
+               structured=None, upstreams=(), routers=(), pools=()) -> FastAPI:
     """upstreams: `UpstreamConfig`s whose models are served as upstream/<name>/<model>;
-    routers: `RouterConfig`s served as router/<name> over those (and the local) Targets."""
+    routers: `RouterConfig`s served as router/<name> over those (and the local) Targets;
+    pools: `PoolConfig`s, one model id over several Targets, routed by prompt length."""
     metrics = Metrics()
     metrics.bind_engine(llm.engine)
     created = int(time.time())
@@ -113,6 +114,11 @@ def create_app(config: ServerConfig, llm: AsyncLLM, *, model_id: str, embedder=N
         clients.append(client)
         targets += upstream_targets(up, client, on_usage=metrics.record_usage)
     targets += build_routers(routers, {t.model_id: t for t in targets}, metrics)
+    if pools:
+        from fleetlm.backends.pools import build_pools
+
+        targets += build_pools(pools, {t.model_id: t for t in targets},
+                               on_served=lambda r, m: metrics.routed.labels(r, m).inc())
     catalog = Catalog(targets)
 
     @asynccontextmanager

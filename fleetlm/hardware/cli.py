@@ -1,0 +1,140 @@
+"""`fleet hardware devices|estimate|calibrate` and `fleet plan`.
+
+    fleet hardware devices
+    fleet hardware estimate --model Llama-3.1-8B --device L4 --prompt 2048 --output 128 --batch 8
+    fleet hardware calibrate                       # this machine, fleetlm's engine, ~2 min
+    fleet plan --model Llama-3.1-8B --trace ../shared/data/traces/azure_llm_inference_2023_code.csv \\
+               --slo ttft_p99=2,tpot_p99=0.1 --plot benchmarks/results/plan_8b
+
+`add_hardware_parser(subparsers)` adds both commands to the `fleet` parser. `fleet plan`
+prints the heterogeneous plan, the best single-device-type plan (both validated in the
+simulator) and, as its last line, `saving vs best single device type: NN%`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def add_hardware_parser(subparsers) -> None:
+    h = subparsers.add_parser("hardware", help="device catalog, performance estimates, calibration")
+    sub = h.add_subparsers(dest="hardware_command", required=True)
+    d = sub.add_parser("devices", help="list the device catalog (and user devices)")
+    d.add_argument("--config", help="fleet.toml with [[device]] tables")
+    d.add_argument("--local", action="store_true", help="also measure this machine (~2 s)")
+    d.set_defaults(func=cmd_devices)
+    e = sub.add_parser("estimate", help="TTFT, TPOT, tokens/s and $ per million tokens of a model on a device")
+    e.add_argument("--model", required=True, help="Llama-3.1-8B | Llama-3.1-70B | Qwen2.5-7B | Qwen2.5-72B | config.json")
+    e.add_argument("--device", required=True)
+    e.add_argument("--tp", type=int, default=1)
+    e.add_argument("--dtype", default="bf16", choices=["bf16", "fp8"])
+    e.add_argument("--prompt", type=int, default=1024)
+    e.add_argument("--output", type=int, default=128)
+    e.add_argument("--batch", type=int, default=1)
+    e.add_argument("--config", help="fleet.toml with [[device]] tables")
+    e.set_defaults(func=cmd_estimate)
+    c = sub.add_parser("calibrate", help="fit the efficiency factors to this machine with fleetlm's engine")
+    c.add_argument("--model", default="gemma-3-270m", help="engine model (default: the embedded one)")
+    c.add_argument("--repeats", type=int, default=3)
+    c.add_argument("--out", help="write the fitted local device (JSON, Device fields) here")
+    c.set_defaults(func=cmd_calibrate)
+
+    p = subparsers.add_parser("plan", help="cheapest device mix for a model, a trace and an SLO")
+    p.add_argument("--model", required=True, help="named shape or config.json")
+    p.add_argument("--trace", required=True, help="Azure LLM inference trace CSV")
+    p.add_argument("--slo", required=True, help="ttft_p99=SECONDS,tpot_p99=SECONDS[,attainment=0.99]")
+    p.add_argument("--devices", help="comma-separated device names (default: every GPU in the catalog)")
+    p.add_argument("--exclude", default="", help="comma-separated device names to leave out")
+    p.add_argument("--config", help="fleet.toml with [[device]] tables (added to, or replacing, the catalog)")
+    p.add_argument("--dtype", default="bf16", choices=["bf16", "fp8"])
+    p.add_argument("--rate-scale", type=float, default=1.0, help="replay the trace this many times faster")
+    p.add_argument("--slices", type=int, default=4, help="slices per bucket (finer: better packing, slower)")
+    p.add_argument("--no-disaggregate", action="store_true", help="no prefill/decode split pools")
+    p.add_argument("--prompt-edges", default=None, help="bucket edges in prompt tokens, e.g. 256,1024,4096")
+    p.add_argument("--plot", help="write PREFIX_cost.png and PREFIX_routes.png")
+    p.add_argument("--json", help="write the plans here (JSON)")
+    p.set_defaults(func=cmd_plan)
+
+
+def _devices(config: str | None, local=None):
+    from fleetlm.hardware.devices import get_devices
+
+    user = []
+    if config:
+        from fleetlm.config import load_fleet_toml
+
+        user = load_fleet_toml(config).devices
+    return get_devices(user=user, local=local)
+
+
+def cmd_devices(args) -> int:
+    from fleetlm.hardware.devices import measure_local_cpu
+
+    devs = _devices(args.config, measure_local_cpu() if args.local else None)
+    print(f"{'device':<16} {'bf16 TF':>8} {'fp8 TF':>7} {'GB/s':>7} {'GB':>5} {'link GB/s':>9} {'$/h':>6}  source")
+    for d in devs.values():
+        fp8 = f"{d.fp8_tflops:.0f}" if d.fp8_tflops else "-"
+        print(f"{d.name:<16} {d.bf16_tflops:>8.1f} {fp8:>7} {d.mem_bw_gbps:>7.0f} {d.mem_gb:>5.0f} "
+              f"{d.interconnect_gbps:>9.0f} {d.usd_per_hour:>6.2f}  {d.source}")
+    return 0
+
+
+def cmd_estimate(args) -> int:
+    from fleetlm.hardware.perfmodel import Perf, estimate, resolve_shape
+
+    devs = _devices(args.config)
+    if args.device not in devs:
+        print(f"error: unknown device {args.device!r}; known: {', '.join(devs)}", file=sys.stderr)
+        return 2
+    try:
+        perf = Perf(resolve_shape(args.model), devs[args.device], args.tp, dtype=args.dtype)
+        e = estimate(perf, prompt=args.prompt, output=args.output, batch=args.batch)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"{perf.shape.name} on {perf.name} ({args.dtype}): KV cache {perf.kv_capacity_tokens():,} tokens, "
+          f"largest batch at {args.prompt + args.output} tokens: {e.max_batch}")
+    print(f"TTFT {1e3 * e.ttft_s:.1f} ms | TPOT {1e3 * e.tpot_s:.1f} ms at batch {args.batch} | "
+          f"{e.output_tok_s:.0f} output tok/s | ${e.usd_per_mtok_output:.3f} per M output tokens, "
+          f"${e.usd_per_mtok_prompt:.3f} per M prompt tokens (at ${perf.usd_per_hour:.2f}/h)")
+    return 0
+
+
+def cmd_calibrate(args) -> int:
+    from dataclasses import asdict
+
+    from fleetlm.hardware import calibrate as cal
+    from fleetlm.hardware.devices import measure_local_cpu
+    from fleetlm.hardware.perfmodel import shape_from_config
+
+    print("measuring this machine's bf16 GEMM peak and memory bandwidth ...", flush=True)
+    local = measure_local_cpu()
+    print(f"  {local.bf16_tflops * 1e3:.0f} GFLOP/s, {local.mem_bw_gbps:.1f} GB/s ({local.source})", flush=True)
+    engine, points = cal.run_sweep(model=args.model, repeats=args.repeats,
+                                   log=lambda m: print(m, flush=True))
+    shape = shape_from_config(engine.loaded.path if hasattr(engine.loaded, "path") else _model_dir(args.model))
+    fitted = cal.fit(shape, local, points)
+    within = cal.report(shape, local, points, fitted)
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(asdict(fitted), f, indent=2)
+        print(f"wrote {args.out}")
+    return 0 if within >= 6 else 1
+
+
+def _model_dir(model: str):
+    from fleetlm.models.embedded import resolve_model_path
+
+    return resolve_model_path(model)
+
+
+def cmd_plan(args) -> int:
+    from fleetlm.hardware.report import run_plan
+
+    try:
+        return run_plan(args, _devices(args.config))
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2

@@ -1,0 +1,151 @@
+"""Device catalog: peak dense FLOP/s, memory bandwidth and size, interconnect, $/hour.
+
+Contract: `CATALOG` maps a device name to a frozen `Device`; `get_devices(user=...)` adds
+user devices (from `[[device]]` tables in fleet.toml, validated like any config: unknown keys
+are errors) and, when asked, "local-cpu": this machine, measured by `measure_local_cpu()`.
+All figures are *dense* (no 2:4 sparsity). Prices are typical on-demand $ per device-hour
+and move often: override them with a user device of the same name.
+
+Efficiency factors (what fraction of peak a real engine reaches) live on the device because
+they differ by device and software stack; GPU defaults are assumptions (vLLM-class engines
+reach roughly 50-70% of peak FLOP/s in prefill and 60-80% of peak bandwidth in decode), the
+local CPU's are fitted by `fleet hardware calibrate`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, kw_only=True)
+class Device:
+    name: str
+    kind: str = "gpu"  # gpu | cpu
+    bf16_tflops: float  # dense bf16 peak, TFLOP/s (tensor cores / AMX / AVX-512 BF16)
+    fp8_tflops: float | None = None  # dense fp8 peak, TFLOP/s; None where the chip has no fp8
+    mem_bw_gbps: float  # memory bandwidth, GB/s (1e9 bytes)
+    mem_gb: float  # device memory, GB (1e9 bytes)
+    interconnect_gbps: float = 0.0  # per direction, between devices of one replica (tensor parallel)
+    network_gbps: float = 3.0  # per direction, between replicas (KV transfer when prefill/decode split)
+    usd_per_hour: float  # typical on-demand price per device
+    max_tp: int = 8  # most devices one replica may span (one server)
+    compute_eff: float = 0.55  # fraction of peak FLOP/s reached
+    bandwidth_eff: float = 0.70  # fraction of peak bandwidth reached
+    step_overhead_s: float = 0.002  # fixed cost per engine step (launches, scheduling, sampling)
+    source: str = ""
+
+    def __post_init__(self):
+        if self.kind not in ("gpu", "cpu"):
+            raise ValueError(f"device {self.name}: kind must be gpu or cpu, got {self.kind!r}")
+        for f in ("bf16_tflops", "mem_bw_gbps", "mem_gb", "compute_eff", "bandwidth_eff"):
+            if not getattr(self, f) > 0:
+                raise ValueError(f"device {self.name}: {f} must be > 0, got {getattr(self, f)}")
+        if self.usd_per_hour < 0 or self.step_overhead_s < 0 or self.max_tp < 1:
+            raise ValueError(f"device {self.name}: usd_per_hour and step_overhead_s must be >= 0, max_tp >= 1")
+        if self.max_tp > 1 and self.interconnect_gbps <= 0:
+            raise ValueError(f"device {self.name}: max_tp > 1 needs interconnect_gbps > 0")
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "Device":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"Unknown device key(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        return cls(**values)
+
+    def peak_flops(self, dtype: str = "bf16") -> float:
+        """FLOP/s at peak for weights/activations in `dtype` (bf16 or fp8)."""
+        if dtype == "fp8":
+            if self.fp8_tflops is None:
+                raise ValueError(f"{self.name} has no fp8 tensor throughput")
+            return self.fp8_tflops * 1e12
+        return self.bf16_tflops * 1e12
+
+
+# NVLink / Infinity Fabric figures are per direction (half the bidirectional totals in the
+# datasheets); PCIe Gen4 x16 is ~32 GB/s per direction. network_gbps: one NIC per device.
+CATALOG: dict[str, Device] = {d.name: d for d in [
+    Device(name="H100-SXM", bf16_tflops=989.4, fp8_tflops=1978.9, mem_bw_gbps=3350, mem_gb=80,
+           interconnect_gbps=450, network_gbps=50, usd_per_hour=2.99,
+           source="NVIDIA H100 Tensor Core GPU datasheet (SXM5: 989 TF bf16 dense, 3.35 TB/s, "
+                  "NVLink 900 GB/s); price: Lambda on-demand 8x H100 SXM, per GPU-hour (2024)"),
+    Device(name="H200", bf16_tflops=989.4, fp8_tflops=1978.9, mem_bw_gbps=4800, mem_gb=141,
+           interconnect_gbps=450, network_gbps=50, usd_per_hour=3.79,
+           source="NVIDIA H200 Tensor Core GPU datasheet (SXM: 141 GB HBM3e, 4.8 TB/s, same "
+                  "tensor cores as H100); price: typical neocloud on-demand per GPU-hour (2024-25), approx."),
+    Device(name="A100-80GB", bf16_tflops=312, fp8_tflops=None, mem_bw_gbps=2039, mem_gb=80,
+           interconnect_gbps=300, network_gbps=25, usd_per_hour=1.79,
+           source="NVIDIA A100 datasheet (SXM4 80GB: 312 TF bf16 dense, 2,039 GB/s, NVLink 600 "
+                  "GB/s); price: Lambda on-demand 8x A100 80GB SXM, per GPU-hour (2024)"),
+    Device(name="L40S", bf16_tflops=362.05, fp8_tflops=733, mem_bw_gbps=864, mem_gb=48,
+           interconnect_gbps=32, network_gbps=3.1, usd_per_hour=1.86,
+           source="NVIDIA L40S datasheet (362 TF bf16 / 733 TF fp8 dense, 864 GB/s, 48 GB, PCIe "
+                  "Gen4 x16, no NVLink); price: AWS g6e.xlarge on-demand us-east-1"),
+    Device(name="L4", bf16_tflops=121, fp8_tflops=242.5, mem_bw_gbps=300, mem_gb=24,
+           interconnect_gbps=32, network_gbps=1.9, usd_per_hour=0.80,
+           source="NVIDIA L4 datasheet (121 TF bf16 / 242.5 TF fp8 dense, 300 GB/s, 24 GB, PCIe "
+                  "Gen4 x16); price: AWS g6.xlarge on-demand us-east-1 ($0.805)"),
+    Device(name="A10G", bf16_tflops=125, fp8_tflops=None, mem_bw_gbps=600, mem_gb=24,
+           interconnect_gbps=32, network_gbps=1.9, usd_per_hour=1.01,
+           source="NVIDIA A10 datasheet (125 TF bf16 dense, 600 GB/s, 24 GB; AWS's A10G is an "
+                  "A10 variant and AWS publishes no separate tensor figure); price: AWS g5.xlarge "
+                  "on-demand us-east-1 ($1.006)"),
+    Device(name="MI300X", bf16_tflops=1307.4, fp8_tflops=2614.9, mem_bw_gbps=5300, mem_gb=192,
+           interconnect_gbps=448, network_gbps=50, usd_per_hour=2.50,
+           source="AMD Instinct MI300X datasheet (1,307 TF bf16 / 2,615 TF fp8 dense, 5.3 TB/s, "
+                  "192 GB HBM3, Infinity Fabric 7x128 GB/s); price: typical neocloud on-demand "
+                  "per GPU-hour (2024-25), approx."),
+    Device(name="CPU-EPYC-9654", kind="cpu", bf16_tflops=14.7, mem_bw_gbps=460.8, mem_gb=768,
+           max_tp=1, network_gbps=12.5, usd_per_hour=5.50, compute_eff=0.5, bandwidth_eff=0.6,
+           step_overhead_s=0.01,
+           source="AMD EPYC 9654 (96 Zen 4 cores, 2.4 GHz, AVX-512 BF16: ~64 bf16 FLOP/cycle/core; "
+                  "12 x DDR5-4800 = 460.8 GB/s); price: one socket of an AWS m7a.48xlarge, approx."),
+    Device(name="CPU-Xeon-8480", kind="cpu", bf16_tflops=114.7, mem_bw_gbps=307.2, mem_gb=512,
+           max_tp=1, network_gbps=12.5, usd_per_hour=4.84, compute_eff=0.4, bandwidth_eff=0.6,
+           step_overhead_s=0.01,
+           source="Intel Xeon Platinum 8480+ (56 cores, AMX bf16: 1,024 FLOP/cycle/core at 2.0 GHz; "
+                  "8 x DDR5-4800 = 307 GB/s); price: one socket of an AWS m7i.48xlarge, approx."),
+]}
+
+
+def get_devices(*, user: list[dict] | None = None, local: Device | None = None) -> dict[str, Device]:
+    """The catalog, plus `local` (usually `measure_local_cpu()`), plus user devices (dicts of
+    Device fields); a user device replaces a catalog device of the same name."""
+    out = dict(CATALOG)
+    if local is not None:
+        out[local.name] = local
+    for values in user or []:
+        dev = Device.from_dict(dict(values))
+        out[dev.name] = dev
+    return out
+
+
+def measure_local_cpu(*, dtype: str = "bf16", seconds: float = 1.0, name: str = "local-cpu") -> Device:
+    """This machine, measured: best-of-repeats GEMM FLOP/s in `dtype` and streaming read
+    bandwidth (a large tensor sum), with torch's current thread count. Price 0: it is here."""
+    import os
+
+    import torch
+
+    tdtype = torch.bfloat16 if dtype == "bf16" else torch.float32
+    a = torch.randn(1024, 2048, dtype=tdtype)
+    b = torch.randn(2048, 2048, dtype=tdtype)
+    best_flops, deadline = 0.0, time.perf_counter() + seconds
+    while time.perf_counter() < deadline:
+        t0 = time.perf_counter()
+        torch.matmul(a, b)
+        best_flops = max(best_flops, 2 * 1024 * 2048 * 2048 / (time.perf_counter() - t0))
+    x = torch.ones(64 * 2**20, dtype=torch.float32)  # 256 MiB, far beyond any cache
+    best_bw, deadline = 0.0, time.perf_counter() + seconds
+    while time.perf_counter() < deadline:
+        t0 = time.perf_counter()
+        x.sum()
+        best_bw = max(best_bw, x.numel() * 4 / (time.perf_counter() - t0))
+    mem_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9
+    return Device(name=name, kind="cpu", bf16_tflops=best_flops / 1e12, mem_bw_gbps=best_bw / 1e9,
+                  mem_gb=mem_gb, max_tp=1, usd_per_hour=0.0, compute_eff=0.5, bandwidth_eff=0.5,
+                  step_overhead_s=0.005,
+                  source=f"measured here: {dtype} 1024x2048x2048 GEMM and a 256 MiB read, "
+                         f"{torch.get_num_threads()} threads, best of {seconds:.0f} s each")
