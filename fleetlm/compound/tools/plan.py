@@ -41,10 +41,9 @@ class Ref:
     call: str  # id of the call whose result is read: "1" (LLMCompiler) or "var1" (NESTFUL)
     path: tuple[str | int, ...] = ()  # fields (str) and list indexes (int), outermost first
 
-    def __str__(self) -> str:
-        if self.call.startswith("var"):
-            return "$" + self.call + "".join(f".{p}" if isinstance(p, str) else f"[{p}]" for p in self.path) + "$"
-        return "$" + self.call + "".join(f".{p}" if isinstance(p, str) else f"[{p}]" for p in self.path)
+    def __str__(self) -> str:  # as written: NESTFUL ids ("var1") close with "$"
+        path = "".join(f".{p}" if isinstance(p, str) else f"[{p}]" for p in self.path)
+        return f"${self.call}{path}" + ("$" if self.call.startswith("var") else "")
 
 
 @dataclass(frozen=True)
@@ -95,6 +94,8 @@ _REF = re.compile(f"{_NESTFUL_REF}|{_LLMC_REF}")
 _PATH = re.compile(r"\.([^.\[\]]+)|\[(\d+)\]")
 _CALL_LINE = re.compile(r"^\s*(?:(\d+)\s*[.:)]\s*)?([A-Za-z_][\w.\-]*)\s*\((.*)\)\s*;?\s*$")
 _NUMBER = re.compile(r"-?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
+_KEYWORD = re.compile(r"([A-Za-z_]\w*)\s*=(?!=)")
+_WORD = re.compile(r"(?:true|True|false|False|null|None)\b")
 _WORDS = {"true": True, "True": True, "false": False, "False": False, "null": None, "None": None}
 
 
@@ -104,13 +105,13 @@ def _ref(match: re.Match) -> Ref:
     return Ref(call, tuple(int(i) if i else f for f, i in _PATH.findall(path or "")))
 
 
-def _string_value(text: str, known: Collection[str] | None) -> str | Ref | Template:
+def _string_value(text: str, known: Collection[str]) -> str | Ref | Template:
     """A string literal's value: itself, a Ref (the whole string is one reference) or a
-    Template. With `known` given, references to other ids stay literal text (`$5` in prose)."""
+    Template. References to ids not in `known` stay literal text (`$5` in prose)."""
     parts, pos = [], 0
     for m in _REF.finditer(text):
         ref = _ref(m)
-        if known is not None and ref.call not in known:
+        if ref.call not in known:
             continue
         if m.start() > pos:
             parts.append(text[pos:m.start()])
@@ -140,7 +141,7 @@ class _Args:
         pos, kw = [], {}
         self.ws()
         while self.i < len(self.s):
-            m = re.compile(r"([A-Za-z_]\w*)\s*=(?!=)").match(self.s, self.i)
+            m = _KEYWORD.match(self.s, self.i)
             if m:
                 self.i = m.end()
                 if m.group(1) in kw:
@@ -151,11 +152,10 @@ class _Args:
             else:
                 pos.append(self.value())
             self.ws()
-            if self.i < len(self.s):
-                if self.s[self.i] != ",":
-                    self.fail("expected ',' or ')'")
-                self.i += 1
-                self.ws()
+            if self.i < len(self.s) and self.s[self.i] != ",":
+                self.fail("expected ',' or ')'")
+            self.i += 1
+            self.ws()
         return pos, kw
 
     def value(self) -> Any:
@@ -168,15 +168,15 @@ class _Args:
             end = i + 1
             while end < len(s) and s[end] != c:
                 end += 2 if s[end] == "\\" else 1
+            self.i = end + 1
             if end >= len(s):
                 self.fail("unterminated string")
-            self.i = end + 1
             return _string_value(ast.literal_eval(s[i:end + 1]), self.known)
         if c == "$":
-            m = re.compile(_NESTFUL_REF).match(s, i) or re.compile(_LLMC_REF).match(s, i)
+            m = _REF.match(s, i)
             if not m:
                 self.fail("malformed reference")
-            ref = Ref(m.group(1), tuple(int(n) if n else f for f, n in _PATH.findall(m.group(2))))
+            ref = _ref(m)
             if ref.call not in self.known:
                 self.fail(f"{ref} refers to no earlier call")
             self.i = m.end()
@@ -205,15 +205,10 @@ class _Args:
                     self.i += 1
                 elif self.i >= len(s) or s[self.i] != close:
                     self.fail(f"expected ',' or {close!r}")
-        m = _NUMBER.match(s, i)
+        m = _NUMBER.match(s, i) or _WORD.match(s, i)
         if m:
-            self.i = m.end()
-            t = m.group(0)
-            return int(t) if re.fullmatch(r"-?\d+", t) else float(t)
-        m = re.compile(r"[A-Za-z_]\w*").match(s, i)
-        if m and m.group(0) in _WORDS:
-            self.i = m.end()
-            return _WORDS[m.group(0)]
+            self.i, t = m.end(), m.group(0)
+            return _WORDS[t] if t in _WORDS else float(t) if any(ch in t for ch in ".eE") else int(t)
         self.fail("expected a value (string, number, true/false/null, list, object or $reference)")
 
 
