@@ -8,15 +8,11 @@ assistant message that has ``tool_calls`` (``[{"id", "type": "function", "functi
 Every error names the file and line.
 
 Chat templates of small models (Gemma's included) know only plain user/assistant turns, so
-tools are written into the text before templating, in this documented format:
-
-* ``tools`` -> appended to the system message: ``You can call these functions:`` then one
-  JSON object per line (``{"name", "description", "parameters"}``), then the instruction to
-  answer with ``<tool_call>{"name": ..., "arguments": {...}}</tool_call>``;
-* an assistant ``tool_calls`` entry -> ``<tool_call>{"name": ..., "arguments": {...}}</tool_call>``
-  after its content (one per call, newline-separated);
-* a ``tool`` message -> a user turn ``<tool_response>{content}</tool_response>``;
-  ``developer`` -> ``system``; consecutive turns of one role are joined with a newline.
+tools are written into the text before templating, by the server's own renderer
+(:mod:`fleetlm.api.tool_prompt`: the tool list as a ``# Tools`` block in the system message,
+calls as ``<tool_call>{"name":...,"arguments":{...}}</tool_call>``, results as user turns
+``<tool_response>...</tool_response>``), so an adapter learns exactly the format it is
+served with.
 
 Loss mask: the conversation is rendered prefix by prefix with the tokenizer's chat
 template; the tokens of each assistant turn (its text and its end-of-turn marker, not the
@@ -133,38 +129,18 @@ def _check_message(m, i: int) -> None:
         raise DataError(f"{where}: a tool message needs tool_call_id")
 
 
-def _text(content) -> str:
-    if content is None:
-        return ""
-    return content if isinstance(content, str) else "".join(p["text"] for p in content)
-
-
 def plain_messages(messages: list[dict], tools: list[dict] | None = None) -> list[dict]:
-    """Tool calls, tool results and tool definitions written as text (format in the module
-    docstring), so any chat template renders them: a list of {role, content: str}."""
-    out: list[dict] = []
-    for m in messages:
-        role = {"developer": "system", "tool": "user"}.get(m["role"], m["role"])
-        text = _text(m.get("content"))
-        if m["role"] == "tool":
-            text = f"<tool_response>{text}</tool_response>"
-        for c in m.get("tool_calls") or []:
-            call = {"name": c["function"]["name"], "arguments": json.loads(c["function"].get("arguments", "{}"))}
-            text = (text + "\n" if text else "") + f"<tool_call>{json.dumps(call)}</tool_call>"
-        if out and out[-1]["role"] == role:
-            out[-1]["content"] += "\n" + text
-        else:
-            out.append({"role": role, "content": text})
-    if tools:
-        lines = "\n".join(json.dumps({k: t["function"][k] for k in ("name", "description", "parameters")
-                                      if k in t["function"]}) for t in tools)
-        block = ("You can call these functions:\n" + lines + "\nTo call one, answer with "
-                 '<tool_call>{"name": <name>, "arguments": {...}}</tool_call>.')
-        if out[0]["role"] == "system":
-            out[0]["content"] += "\n\n" + block
-        else:
-            out.insert(0, {"role": "system", "content": block})
-    return out
+    """Tool calls, tool results and tool definitions written as text, exactly as the server
+    renders a request (tool_choice "auto", parallel calls allowed): [{role, content: str}]."""
+    from fleetlm.api.errors import APIError
+    from fleetlm.api.protocol import ChatMessage
+    from fleetlm.api.tool_prompt import ToolChoice, parse_tools, render_messages, system_block
+
+    try:
+        block = system_block(parse_tools(tools), ToolChoice("auto"), True) if tools else None
+        return render_messages([ChatMessage(**m) for m in messages], block)
+    except APIError as exc:
+        raise DataError(exc.message) from None
 
 
 def render(tokenizer, messages: list[dict], *, add_generation_prompt: bool) -> str:
@@ -176,7 +152,10 @@ def tokenize_chat(tokenizer, example: ChatExample, *, max_len: int) -> Tokenized
 
     The text is tokenized in segments cut at turn boundaries, so every mask edge falls on a
     token edge. Longer than ``max_len`` -> truncated on the right."""
-    msgs = plain_messages(example.messages, example.tools)
+    try:
+        msgs = plain_messages(example.messages, example.tools)
+    except DataError as exc:
+        raise DataError(f"line {example.line}: {exc}") from None
     ids: list[int] = []
     mask: list[int] = []
     done = ""
