@@ -22,7 +22,7 @@ import numpy as np
 from fleetlm.hardware.devices import Device
 from fleetlm.hardware.perfmodel import ModelShape, Perf, decode_work, prefill_work
 
-DEFAULT_POINTS = ((1, 128), (1, 512), (4, 128), (4, 512), (16, 128), (16, 512))
+DEFAULT_POINTS = ((1, 64), (1, 256), (4, 64), (4, 256), (16, 64), (16, 256))
 
 
 @dataclass(frozen=True)

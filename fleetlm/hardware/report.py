@@ -72,6 +72,12 @@ def run_plan(args, devices: dict) -> int:
     print("single device type plans (validated): " + ", ".join(
         f"{n} ${p.usd_per_hour:.2f}/h" for n, p in homo.items()) if homo else "no single device type validates")
     best_name = next(iter(homo), None)
+    if hetero is not None and best_name and homo[best_name].usd_per_hour < hetero.usd_per_hour:
+        # every single-type plan is also a heterogeneous one: the search's bisection over load
+        # factors is not exhaustive, so keep the cheaper of the two
+        print(f"(the mixed-type search found ${hetero.usd_per_hour:.2f}/h; the {best_name}-only plan is cheaper "
+              f"and is the heterogeneous answer too)")
+        hetero = homo[best_name]
     _print_plan("heterogeneous plan", hetero, buckets)
     _print_plan(f"best single device type ({best_name})", homo.get(best_name), buckets)
     if args.plot:
@@ -86,11 +92,7 @@ def run_plan(args, devices: dict) -> int:
     if hetero is None or best_name is None:
         print("saving vs best single device type: n/a")
         return 1
-    best = homo[best_name]
-    # the heterogeneous search may land on a costlier bisection point; the single-type plan is
-    # also a valid heterogeneous plan, so the fleet planner returns the cheaper of the two
-    chosen = min(hetero.usd_per_hour, best.usd_per_hour)
-    saving = 100 * (1 - chosen / best.usd_per_hour)
+    saving = 100 * (1 - hetero.usd_per_hour / homo[best_name].usd_per_hour)
     print(f"saving vs best single device type: {saving:.0f}%")
     return 0
 
