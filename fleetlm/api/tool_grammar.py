@@ -15,8 +15,9 @@ under that function's `parameters` schema:
 CALL is `{"name":"NAME","arguments":ARGS}`, the name fixed by the grammar, ARGS from the
 function's schema via `%json`. A `parameters` object that does not say `additionalProperties`
 is closed here (false): a call carries only declared parameters (what the schema lists is
-what the function takes; small models otherwise invent keys). The arguments still validate
-under the schema as given.
+what the function takes; small models otherwise invent keys), and numbers without bounds get
+wide ones (see `_bounded`). Both only narrow the schema: the arguments still validate under
+the schema as given.
 """
 
 from __future__ import annotations
@@ -54,13 +55,49 @@ def tool_grammar(tools: list[FunctionTool], choice: ToolChoice, *, parallel: boo
 
 
 def _closed(schema: dict) -> dict:
-    """The schema as the grammar uses it: compact, and closed when it does not say otherwise."""
-    out = dict(schema)
+    """The schema as the grammar uses it: compact, closed when it does not say otherwise, and
+    with bounded numbers."""
+    out = _bounded(schema)
     out.setdefault("type", "object")
     if "additionalProperties" not in out and "patternProperties" not in out:
         out["additionalProperties"] = False
     out["x-guidance"] = _COMPACT
     return out
+
+
+def _bounded(schema):
+    """A copy of `schema` in which every integer / number gets -NUMBER_BOUND <= x <=
+    NUMBER_BOUND on each side it leaves open, and numbers at most 8 decimals (multipleOf 1e-8): an unbounded JSON
+    number is where small models write digits until max_tokens (measured on gemma-3-270m over
+    BFCL: "radius":1000000000... in 4 of 10 questions). Narrower than the schema, so what the
+    grammar allows still validates under the schema as given."""
+    if isinstance(schema, list):
+        return [_bounded(s) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {}
+    for key, value in schema.items():
+        if key in _SCHEMA_MAPS and isinstance(value, dict):
+            out[key] = {k: _bounded(v) for k, v in value.items()}
+        elif key in _SCHEMA_KEYS:
+            out[key] = _bounded(value)
+        else:
+            out[key] = value
+    types = schema.get("type")
+    types = types if isinstance(types, list) else [types]
+    if ("integer" in types or "number" in types) and not {"enum", "const"} & set(schema):
+        if not {"minimum", "exclusiveMinimum"} & set(schema):
+            out["minimum"] = -NUMBER_BOUND
+        if not {"maximum", "exclusiveMaximum"} & set(schema):
+            out["maximum"] = NUMBER_BOUND
+        if "integer" not in types and "multipleOf" not in schema:
+            out["multipleOf"] = 1e-8
+    return out
+
+
+NUMBER_BOUND = 10 ** 15
+_SCHEMA_KEYS = {"items", "prefixItems", "additionalProperties", "anyOf", "oneOf", "allOf", "not", "contains"}
+_SCHEMA_MAPS = {"properties", "patternProperties", "$defs", "definitions"}
 
 
 def _lit(text: str) -> str:
