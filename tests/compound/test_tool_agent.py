@@ -90,7 +90,8 @@ def test_plan_runs_concurrently_and_joiner_answers():
     assert trace["rounds"][0]["plan"] == PLAN and trace["wall_s"] >= 0.2
     system = planner.seen[0][0]
     assert system["role"] == "system" and "- lookup(city: string): Population of a city" in system["content"]
-    assert "- total(values: array): Sum of numbers." in system["content"]
+    assert "- total(values: array[number]): Sum of numbers." in system["content"]
+    assert '1. lookup(city="...")' in system["content"]
     assert "4. total(values=[0.7, 10.0, 7.0]) -> 17.7" in joiner.seen[0][1]["content"]  # substituted args
     assert "Replan" in joiner.seen[0][0]["content"]  # a second round was still possible
 

@@ -107,8 +107,8 @@ PLANNER_PROMPT = """You answer the user's question by planning calls to these to
 Write the plan as numbered calls, one per line, and end with join(). Pass a call's result to a
 later call with $N, or one of its fields with $N.field. Calls that do not use each other's
 results run at the same time. Use only the tools above, with name=value arguments. Example:
-1. {example}(...)
-2. {example}(...)
+1. {example}="...")
+2. {example}=$1)
 3. join()"""
 
 JOINER_PROMPT = """You are given a question and the results of tool calls made to answer it.
@@ -123,8 +123,16 @@ _ACTION = re.compile(r"Action:\s*(Finish|Replan)\s*\((.*)\)\s*$", re.S)
 
 
 def describe_tool(tool) -> str:
+    """`- name(a: string, b?: array[number], c: "x"|"y"): description` (? marks optional)."""
+    def kind(v: dict) -> str:
+        if "enum" in v:
+            return "|".join(json.dumps(e) for e in v["enum"])
+        if v.get("type") == "array" and isinstance(v.get("items"), dict) and "type" in v["items"]:
+            return f"array[{v['items']['type']}]"
+        return str(v.get("type", "any"))
+
     props, required = tool.parameters.get("properties", {}), set(tool.parameters.get("required", []))
-    params = ", ".join(f"{k}{'' if k in required else '?'}: {v.get('type', 'any')}" for k, v in props.items())
+    params = ", ".join(f"{k}{'' if k in required else '?'}: {kind(v)}" for k, v in props.items())
     return f"- {tool.name}({params}): {tool.description}"
 
 
@@ -134,9 +142,10 @@ class ToolAgentTarget:
         self.model_id = f"compound/{cfg.name}"
         self.executor = ExecutorConfig(call_timeout_s=cfg.call_timeout_s, retries=cfg.retries)
         self.param_order = {t.name: list(t.parameters.get("properties", {})) for t in tools}
-        first = next(iter(tools.tools), "tool")
+        first = next(iter(tools), None)
+        example = f"{first.name}({next(iter(self.param_order[first.name]), 'arg')}" if first else "tool(arg"
         self.planner_prompt = PLANNER_PROMPT.format(tools="\n".join(describe_tool(t) for t in tools),
-                                                    example=first)
+                                                    example=example)
 
     def card(self, created: int) -> dict:
         return {"id": self.model_id, "object": "model", "created": created, "owned_by": "fleetlm",
