@@ -86,7 +86,7 @@ def test_plan_runs_concurrently_and_joiner_answers():
     lookups_end = max(calls[i]["end_s"] for i in "123")
     assert max(calls[i]["start_s"] for i in "123") < min(calls[i]["end_s"] for i in "123")  # overlapped
     assert calls["4"]["start_s"] >= lookups_end - 1e-6 and calls["1"]["duration_s"] >= 0.19
-    assert lookups_end - min(calls[i]["start_s"] for i in "123") < 0.4  # not 0.6 s one after another
+    assert lookups_end - min(calls[i]["start_s"] for i in "123") < 0.5  # not 0.6 s one after another
     assert trace["rounds"][0]["plan"] == PLAN and trace["wall_s"] >= 0.2
     system = planner.seen[0][0]
     assert system["role"] == "system" and "- lookup(city: string): Population of a city" in system["content"]

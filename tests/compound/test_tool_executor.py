@@ -49,7 +49,7 @@ def test_independent_calls_run_concurrently_and_results_flow():
     ex = run(execute(parse_plan(WIDE), tools))
     assert ex.ok and ex.results["5"] == "abcd"
     assert clock.peak == 4
-    assert ex.wall_s < 0.2 * 2  # ~0.25 s, not the 0.85 s of one at a time
+    assert ex.wall_s < 0.6  # ~0.25 s, not the 0.85 s of one at a time
     by_id = {r.id: r for r in ex.trace}
     assert [r.id for r in ex.trace] == ["1", "2", "3", "4", "5"]
     assert by_id["5"].start_s >= max(by_id[i].end_s for i in "1234") - 1e-6

@@ -6,7 +6,8 @@ an object, computed once when the tool is made, as DSPy's `Tool(func)` does) and
 with keyword arguments: `await tool(**args)`. Arguments are validated against the schema
 first; a bad argument raises :class:`ToolArgumentError` (the caller's mistake: retrying
 cannot help), any other failure raises :class:`ToolError` or the function's own exception.
-Synchronous functions run in a worker thread so one slow tool never blocks the event loop.
+Synchronous functions run in asyncio's worker threads (a pool of min(32, CPUs + 4)) so a
+slow tool never blocks the event loop; a timeout stops waiting for one, not its thread.
 """
 
 from __future__ import annotations
