@@ -2,11 +2,14 @@
 substitution, timeouts, retries, failures fed forward, and the trace."""
 
 import asyncio
+import importlib.util
+import json
+from pathlib import Path
 
 import pytest
 
 from fleetlm.compound.tools.executor import ExecutorConfig, execute
-from fleetlm.compound.tools.plan import parse_plan
+from fleetlm.compound.tools.plan import parse_plan, plan_from_nestful
 from fleetlm.compound.tools.registry import Tool
 
 
@@ -150,3 +153,26 @@ def test_cancellation_stops_running_tools():
 def test_config_is_validated(kw):
     with pytest.raises(ValueError):
         ExecutorConfig(**kw)
+
+
+DATA = Path(__file__).resolve().parents[3] / "shared" / "data" / "function_calling"
+
+
+@pytest.mark.slow  # reads the full NESTFUL and ParallelQA sets (small: about 2 s)
+@pytest.mark.skipif(not DATA.is_dir(), reason=f"function-calling data not found at {DATA} "
+                                              "(see ../shared/data/SOURCES.md)")
+def test_public_plans_give_the_same_results_both_ways():
+    """benchmarks/tool_dag.py's plans and stand-in tools at ~0.2 ms latency: the DAG run and
+    the one-at-a-time run agree (run_one asserts it) on every NESTFUL sequence and ParallelQA plan."""
+    spec = importlib.util.spec_from_file_location("tool_dag", Path(__file__).resolve().parents[2] / "benchmarks"
+                                                  / "tool_dag.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    latency = bench.Latency(0, 0.0002, 0.4)
+    specs = json.loads((DATA / "nestful" / "executable-spec.json").read_text())
+    work = [(plan_from_nestful(item["output"]), bench.nestful_tools(specs, latency, f"n{i}"))
+            for i, item in enumerate(json.loads((DATA / "nestful" / "executable-data.json").read_text()))]
+    work += [(bench.parallelqa_plan(q), bench.parallelqa_tools(latency, q["id"]))
+             for q in json.loads((DATA / "llmcompiler" / "parallelqa_dataset.json").read_text())]
+    failed = sum(bool(run(bench.run_one(plan, tools))[4]) for plan, tools in work)
+    assert len(work) == 198 and failed < 30  # failures: NESTFUL fields their specs do not list
