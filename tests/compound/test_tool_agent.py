@@ -243,3 +243,16 @@ def test_end_to_end_over_http_with_a_tiny_joiner(tiny_gemma):
         server.should_exit = True
         thread.join(10)
         llm.shutdown()
+
+
+@pytest.mark.parametrize("reply, expected", [
+    ("Thought: x\nAction: Finish(42 (approx))", ("Finish", "42 (approx)")),
+    ("Action: Finish(cut off by max_tokens", ("Finish", "cut off by max_tokens")),
+    ("Action: Replan(more data) and chatter", ("Replan", "more data")),
+    ("Action: Finish(a)\nThought: wait\nAction: Replan(c)", ("Replan", "c")),
+    ("  a plain answer \n", ("Finish", "a plain answer")),
+])
+def test_joiner_replies(reply, expected):
+    from fleetlm.compound.programs.tool_agent import _parse_joiner
+
+    assert _parse_joiner(reply) == expected

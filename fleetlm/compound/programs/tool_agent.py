@@ -119,7 +119,7 @@ Action: Finish(<the final answer for the user>)
 
 REPLAN = ("or, if the results are not enough and more tool calls would help:\n"
           "Thought: <what is missing>\nAction: Replan(<what to look up next>)")
-_ACTION = re.compile(r"Action:\s*(Finish|Replan)\s*\((.*)\)\s*$", re.S)
+_ACTION = re.compile(r"Action:\s*(Finish|Replan)\s*\((.*)", re.S)
 
 
 def describe_tool(tool) -> str:
@@ -259,11 +259,14 @@ def _observation(rec) -> str:
 
 
 def _parse_joiner(text: str) -> tuple[str, str]:
-    """("Finish" | "Replan", content); text without an Action line is the answer itself."""
+    """("Finish" | "Replan", content) from the last `Action:`; the content ends at the last
+    ")" (text after it is dropped; a reply cut off before it keeps all it has). Text
+    without an Action is the answer itself."""
     m = _ACTION.match(text, max(text.rfind("Action:"), 0))
     if m is None:
         return "Finish", text.strip()
-    return m.group(1), m.group(2).strip()
+    content = m.group(2)
+    return m.group(1), (content[:content.rfind(")")] if ")" in content else content).strip()
 
 
 def _sse(data: dict) -> str:
