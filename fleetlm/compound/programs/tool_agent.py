@@ -30,6 +30,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from fleetlm.api import openai_format as fmt
 from fleetlm.api.errors import APIError
+from fleetlm.api.protocol import ChatCompletionRequest
 from fleetlm.compound.tools.executor import ExecutorConfig, execute
 from fleetlm.compound.tools.plan import PlanError, parse_plan
 from fleetlm.compound.tools.registry import ToolRegistry, docs_tool, http_tool, python_tool, sql_tool
@@ -237,8 +238,6 @@ class ToolAgentTarget:
 
     async def _ask(self, target, messages: list[dict], raw, usage: dict) -> str:
         """One non-streamed chat call to a catalog Target; its text, usage added to `usage`."""
-        from fleetlm.api.protocol import ChatCompletionRequest
-
         sub = ChatCompletionRequest(model=target.model_id, messages=messages, max_tokens=self.cfg.max_tokens,
                                     temperature=0)
         resp = await target.chat(sub, raw)
