@@ -9,7 +9,6 @@ every path including streaming.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 import uuid
@@ -20,6 +19,7 @@ from fastapi import Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from fleetlm.api import openai_format as fmt
+from fleetlm.api.engine_streams import collect, merged
 from fleetlm.api.errors import APIError, error_body
 from fleetlm.api.metrics import Metrics
 from fleetlm.api.protocol import ChatCompletionRequest, CompletionRequest
@@ -28,9 +28,6 @@ from fleetlm.engine.async_engine import AsyncLLM
 from fleetlm.engine.errors import PromptTooLongError
 from fleetlm.engine.outputs import RequestOutput
 from fleetlm.engine.sampling_params import SamplingParams
-
-DISCONNECT_POLL_S = 0.25
-
 
 @dataclass
 class LocalModel:
@@ -142,60 +139,6 @@ class Serving:
         return spec
 
     # ---- engine streams --------------------------------------------------------------
-    async def _merged(self, prompts: list[list[int]], params: SamplingParams, rid: str
-                      ) -> AsyncIterator[tuple[int, RequestOutput]]:
-        """Run one engine request per prompt; yield (prompt index, cumulative output) as they come."""
-        llm = self.model.llm
-        if len(prompts) == 1:
-            async for out in llm.generate(prompts[0], params, request_id=f"{rid}-0"):
-                yield 0, out
-            return
-        gens = [llm.generate(p, params, request_id=f"{rid}-{i}") for i, p in enumerate(prompts)]
-        queue: asyncio.Queue = asyncio.Queue()
-
-        async def pump(i, gen):
-            try:
-                async for out in gen:
-                    await queue.put((i, out))
-            except BaseException as exc:  # noqa: BLE001 - forwarded to the consumer
-                await queue.put((i, exc))
-            finally:
-                await queue.put((i, None))
-
-        tasks = [asyncio.create_task(pump(i, g)) for i, g in enumerate(gens)]
-        try:
-            done = 0
-            while done < len(tasks):
-                i, item = await queue.get()
-                if item is None:
-                    done += 1
-                elif isinstance(item, BaseException):
-                    raise item
-                else:
-                    yield i, item
-        finally:
-            for t in tasks:
-                t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-
-    async def _collect(self, prompts, params, rid, raw: Request) -> dict[int, RequestOutput]:
-        """Run to completion; abort in the engine if the client disconnects meanwhile."""
-        finals: dict[int, RequestOutput] = {}
-
-        async def run():
-            async for i, out in self._merged(prompts, params, rid):
-                finals[i] = out
-
-        task = asyncio.create_task(run())
-        while not task.done():
-            await asyncio.wait({task}, timeout=DISCONNECT_POLL_S)
-            if not task.done() and await raw.is_disconnected():
-                task.cancel()
-                await asyncio.gather(task, return_exceptions=True)
-                raise APIError(499, "client disconnected")
-        task.result()
-        return finals
-
     def _record(self, endpoint: str, finals, prompt_lens, t0: float) -> dict:
         prompt_tokens = sum(prompt_lens)
         completion_tokens = sum(len(c.token_ids) for o in finals.values() for c in o.outputs)
@@ -215,7 +158,8 @@ class Serving:
         rid = f"chatcmpl-{uuid.uuid4().hex}"
         if req.stream:
             return self._stream(self._chat_events(req, ids, params, rid, t0, tools))
-        finals = await self._collect([ids], params, rid, raw)
+        finals = await collect(self.model.llm, [ids], params, rid, raw,
+                               stop=tools.reply_over if tools is not None else None)
         out = finals[0]
         choices = []
         for c in out.outputs:
@@ -234,20 +178,24 @@ class Serving:
         sent_lp: dict[int, int] = {}
         want_lp = params.logprobs is not None
         finals: dict[int, RequestOutput] = {}
-        async for _, out in self._merged([ids], params, rid):
+        stopping = False
+        async for _, out in merged(self.model.llm, [ids], params, rid):
             finals[0] = out
             for c in out.outputs:
                 stream = streams.setdefault(c.index, ChoiceDeltas(tools))
-                deltas = stream.update(c.text, c.finish_reason)
+                deltas, finish = stream.update(c.text, c.finish_reason)
                 for k, delta in enumerate(deltas):  # several when a call starts: its header, then arguments
                     last = k == len(deltas) - 1
                     choice = {"index": c.index, "delta": delta, "logprobs": None,
-                              "finish_reason": stream.finish_reason(c.finish_reason) if last else None}
+                              "finish_reason": finish if last else None}
                     n_lp = sent_lp.setdefault(c.index, 0)
                     if want_lp and c.logprobs and len(c.logprobs) > n_lp:
                         choice["logprobs"] = fmt.chat_logprobs(self.tokenizer, c.logprobs[n_lp:])
                         sent_lp[c.index] = len(c.logprobs)
                     yield sse(fmt.envelope("chat.completion.chunk", rid, req.model, [choice], created=created))
+            if not (out.finished or stopping) and len(streams) == params.n and all(s.done for s in streams.values()):
+                stopping = True  # every choice ended with a repeated tool call: stop generating
+                self.model.llm.abort(f"{rid}-0")
         use = self._record("chat", finals, [len(ids)], t0)
         if req.stream_options and req.stream_options.include_usage:
             yield sse(fmt.envelope("chat.completion.chunk", rid, req.model, [], use, created))
@@ -267,7 +215,7 @@ class Serving:
             if req.echo else [""] * len(prompts)
         if req.stream:
             return self._stream(self._completion_events(req, prompts, params, rid, t0, echo))
-        finals = await self._collect(prompts, params, rid, raw)
+        finals = await collect(self.model.llm, prompts, params, rid, raw)
         choices = []
         for i in range(len(prompts)):
             for c in finals[i].outputs:
@@ -284,7 +232,7 @@ class Serving:
         sent_text: dict[int, int] = {}
         sent_lp: dict[int, int] = {}
         finals: dict[int, RequestOutput] = {}
-        async for i, out in self._merged(prompts, params, rid):
+        async for i, out in merged(self.model.llm, prompts, params, rid):
             finals[i] = out
             for c in out.outputs:
                 idx = i * req.n + c.index

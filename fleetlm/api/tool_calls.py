@@ -16,9 +16,20 @@ from dataclasses import dataclass
 
 from fleetlm.api.errors import APIError
 from fleetlm.api.tool_grammar import tool_grammar
-from fleetlm.api.tool_parser import ToolCallStreamer, new_call_id, parse_tool_output, tool_calls_json
-from fleetlm.api.tool_prompt import FunctionTool, ToolChoice, parse_tool_choice, parse_tools, render_messages, \
-    system_block
+from fleetlm.api.tool_parser import (
+    ToolCallStreamer,
+    new_call_id,
+    parse_tool_output,
+    tool_calls_json,
+)
+from fleetlm.api.tool_prompt import (
+    FunctionTool,
+    ToolChoice,
+    parse_tool_choice,
+    parse_tools,
+    render_messages,
+    system_block,
+)
 
 log = logging.getLogger("fleetlm.api.tools")
 
@@ -40,11 +51,21 @@ class ToolSession:
 
         return StructuredOutput("grammar", self.grammar) if self.grammar is not None else None
 
+    def reply_over(self, out) -> bool:
+        """Is every choice of this engine output (a RequestOutput) finished or ended by a
+        repeated call (see tool_parser), so that generation can stop?"""
+        return self.parses_calls and all(c.finish_reason is not None or
+                                         parse_tool_output(c.text, finished=False).repeated for c in out.outputs)
+
     def message(self, text: str, reason: str | None) -> tuple[dict, str | None]:
-        """Finished generated text + engine finish reason -> (OpenAI message, finish_reason)."""
+        """Finished generated text + engine finish reason -> (OpenAI message, finish_reason).
+        reason None: generation was stopped here after a repeated call."""
+        reason = reason or "stop"
         if not self.parses_calls:
             return {"role": "assistant", "content": text}, reason
         parsed = parse_tool_output(text, finished=True)
+        if parsed.repeated:  # the reply ended at the repeat, whatever came after it
+            reason = "stop"
         msg = {"role": "assistant", "content": parsed.content or (None if parsed.calls else "")}
         if parsed.calls:
             msg["tool_calls"] = tool_calls_json(parsed.calls, [new_call_id() for _ in parsed.calls])
@@ -115,23 +136,27 @@ class ChoiceDeltas:
         self.streamer = ToolCallStreamer() if session is not None and session.parses_calls else None
         self.sent = 0  # plain text: chars sent
         self.first = True
+        self.done = False  # finished, or ended by a repeated call: nothing more to send
 
-    def update(self, text: str, reason: str | None) -> list[dict]:
-        """The deltas to send now (possibly none). The first ever carries the role."""
+    def update(self, text: str, reason: str | None) -> tuple[list[dict], str | None]:
+        """(deltas to send now, possibly none; OpenAI finish_reason once the choice is over).
+        The first delta ever carries the role. A repeated call ends the choice here."""
+        if self.done:
+            return [], None
         if self.streamer is None:
             delta = text[self.sent:]
             self.sent = len(text)
             if not (self.first or delta or reason):
-                return []
+                return [], None
             deltas = [{"content": delta}]
         else:
             deltas = self.streamer.update(text, finished=reason is not None)
+            if reason is None and self.streamer.repeated:
+                reason = "stop"  # parsing stops at the repeat, so finished or not reads the same
             if not deltas and (self.first or reason):
                 deltas = [{}] if not self.first else [{"content": None}]
         if self.first:
             deltas[0] = {"role": "assistant", **deltas[0]}
             self.first = False
-        return deltas
-
-    def finish_reason(self, reason: str | None) -> str | None:
-        return finish_reason(reason, self.streamer.num_calls if self.streamer else 0)
+        self.done = reason is not None
+        return deltas, finish_reason(reason, self.streamer.num_calls if self.streamer else 0)

@@ -13,6 +13,12 @@ The text format is the one `tool_grammar` enforces (see tool_prompt): content, t
 `<tool_call>{"name":"NAME","arguments":ARGS}</tool_call>` separated by "\\n". A reply cut by
 max_tokens keeps its last call with the arguments generated so far (finish_reason "length",
 as OpenAI does); a call whose name was not finished is dropped.
+
+Repeats: a call identical to an earlier one in the same reply (name and arguments) ends the
+reply; it and everything after it are dropped (`repeated`), and serving stops generating
+there. Small models under a grammar that allows several calls loop this way (gemma-3-270m
+repeated its call up to the cap on every one of 20 BFCL questions). To keep streaming exact,
+a call that so far is the start of an earlier call is only shown once it differs.
 """
 
 from __future__ import annotations
@@ -41,6 +47,7 @@ class ParsedCall:
 class ParsedOutput:
     content: str
     calls: list[ParsedCall] = field(default_factory=list)
+    repeated: bool = False  # a call repeated an earlier one exactly: the reply ends before it
 
 
 def parse_tool_output(text: str, *, finished: bool) -> ParsedOutput:
@@ -59,8 +66,12 @@ def parse_tool_output(text: str, *, finished: bool) -> ParsedOutput:
             _, args_end = _DECODER.raw_decode(text, args_at)
         except json.JSONDecodeError:
             args_end = None
+        name = head.group(1)
         if args_end is not None and text.startswith(_END, args_end):
-            parsed.calls.append(ParsedCall(head.group(1), text[args_at:args_end], True))
+            if _repeats(parsed.calls, name, text[args_at:args_end], complete=True):
+                parsed.repeated = True
+                return parsed
+            parsed.calls.append(ParsedCall(name, text[args_at:args_end], True))
             pos = args_end + len(_END)
             if text.startswith(_SEP, pos):
                 pos += len(_SEP)
@@ -69,8 +80,15 @@ def parse_tool_output(text: str, *, finished: bool) -> ParsedOutput:
         # Open arguments are a prefix of the finished ones, whatever comes next: the object
         # can only close later. Once closed, what follows is (part of) the end tag.
         args = text[args_at:] if args_end is None else text[args_at:args_end]
-        parsed.calls.append(ParsedCall(head.group(1), args, False))
+        if not _repeats(parsed.calls, name, args, complete=False):  # else: shown once it differs
+            parsed.calls.append(ParsedCall(name, args, False))
         return parsed
+
+
+def _repeats(calls: list[ParsedCall], name: str, args: str, *, complete: bool) -> bool:
+    """Is (name, args) an earlier call (complete) or the start of one (not complete)?"""
+    return any(c.name == name and (c.arguments == args if complete else c.arguments.startswith(args))
+               for c in calls)
 
 
 def _held(text: str, marker: str) -> int:
@@ -102,9 +120,11 @@ class ToolCallStreamer:
         self.ids: list[str] = []
         self._content = 0  # chars of content sent
         self._args: list[int] = []  # chars of arguments sent, per call
+        self._repeated = False
 
     def update(self, text: str, *, finished: bool) -> list[dict]:
         parsed = parse_tool_output(text, finished=finished)
+        self._repeated = parsed.repeated
         deltas = []
         if len(parsed.content) > self._content:
             deltas.append({"content": parsed.content[self._content:]})
@@ -124,3 +144,7 @@ class ToolCallStreamer:
     @property
     def num_calls(self) -> int:
         return len(self.ids)
+
+    @property
+    def repeated(self) -> bool:
+        return self._repeated

@@ -15,7 +15,13 @@ from fleetlm.api.protocol import ChatMessage
 from fleetlm.api.tool_calls import ChoiceDeltas, ToolSession, select_tools_for_budget
 from fleetlm.api.tool_grammar import MAX_PARALLEL_CALLS, tool_grammar
 from fleetlm.api.tool_parser import parse_tool_output
-from fleetlm.api.tool_prompt import ToolChoice, parse_tool_choice, parse_tools, render_messages, system_block
+from fleetlm.api.tool_prompt import (
+    ToolChoice,
+    parse_tool_choice,
+    parse_tools,
+    render_messages,
+    system_block,
+)
 from tests.tiny_models import VOCAB, byte_tokenizer
 
 TOOLS = [
@@ -73,9 +79,11 @@ def session(choice="required", parallel=True) -> ToolSession:
 def check_stream_equals_message(s: ToolSession, text: str, reason: str):
     """Feed every prefix as the stream would; the deltas' concatenation must equal the message."""
     deltas = ChoiceDeltas(s)
-    content, calls = "", {}
-    for n in range(1, len(text) + 1):
-        for d in deltas.update(text[:n], reason if n == len(text) else None):
+    content, calls, stream_finish = "", {}, None
+    for n in range(min(1, len(text)), len(text) + 1):  # an empty reply still gets its last update
+        sent, finish = deltas.update(text[:n], reason if n == len(text) else None)
+        stream_finish = stream_finish or finish
+        for d in sent:
             content += d.get("content") or ""
             for tc in d.get("tool_calls", []):
                 entry = calls.setdefault(tc["index"], {"id": tc.get("id"), "name": None, "arguments": ""})
@@ -86,7 +94,7 @@ def check_stream_equals_message(s: ToolSession, text: str, reason: str):
     expected = [(c["function"]["name"], c["function"]["arguments"]) for c in message.get("tool_calls", [])]
     assert [(calls[k]["name"], calls[k]["arguments"]) for k in sorted(calls)] == expected
     assert all(calls[k]["id"].startswith("call_") for k in calls)
-    assert deltas.finish_reason(reason) == finish
+    assert stream_finish == finish
     return message, finish
 
 
@@ -137,6 +145,23 @@ def test_parser_prefixes_are_monotone_on_tricky_text():
     message, finish = check_stream_equals_message(s, cut, "length")
     assert finish == "length" and message["tool_calls"][1]["function"]["arguments"] == '{"a":1,"b":'
     assert parse_tool_output('<tool_call>{"name":"get_wea', finished=True).calls == []
+
+
+def test_a_repeated_call_ends_the_reply():
+    s = session("required")
+    a = '<tool_call>{"name":"math.add","arguments":{"a":1,"b":2}}</tool_call>'
+    b = '<tool_call>{"name":"math.add","arguments":{"a":1,"b":3}}</tool_call>'
+    text = f"{a}\n{b}\n{a}\n{b}"
+    message, finish = check_stream_equals_message(s, text, "length")
+    assert [c["function"]["arguments"] for c in message["tool_calls"]] == ['{"a":1,"b":2}', '{"a":1,"b":3}']
+    assert finish == "tool_calls"  # ended at the repeat, not by max_tokens
+    # while a call is still the start of an earlier one it is not shown; once it differs it is
+    pending = parse_tool_output(a + '\n<tool_call>{"name":"math.add","arguments":{"a":1,"b"', finished=False)
+    assert len(pending.calls) == 1 and not pending.repeated
+    differs = parse_tool_output(a + '\n<tool_call>{"name":"math.add","arguments":{"a":12', finished=False)
+    assert differs.calls[1].arguments == '{"a":12'
+    deltas = ChoiceDeltas(s)
+    assert deltas.update(a + "\n" + a, None)[1] == "tool_calls" and deltas.done
 
 
 def test_none_is_plain_text():
