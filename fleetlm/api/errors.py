@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from fleetlm.engine.errors import InvalidRequestError, PromptTooLongError
+from fleetlm.engine.lora import LoRANotFoundError
 
 log = logging.getLogger("fleetlm.api")
 
@@ -66,6 +67,10 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(InvalidRequestError)
     async def _invalid(_: Request, exc: InvalidRequestError):
         return error_response(400, str(exc), param=exc.param)
+
+    @app.exception_handler(LoRANotFoundError)
+    async def _no_adapter(_: Request, exc: LoRANotFoundError):
+        return error_response(404, str(exc), param=exc.param, code="model_not_found")
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError):
