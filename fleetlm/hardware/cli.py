@@ -39,6 +39,8 @@ def add_hardware_parser(subparsers) -> None:
     c.add_argument("--model", default="gemma-3-270m", help="engine model (default: the embedded one)")
     c.add_argument("--repeats", type=int, default=3)
     c.add_argument("--out", help="write the fitted local device (JSON, Device fields) here")
+    c.add_argument("--clock", default="cpu", choices=["cpu", "wall"],
+                   help="cpu: process CPU time / threads (robust on a shared machine); wall: perf_counter")
     c.set_defaults(func=cmd_calibrate)
 
     p = subparsers.add_parser("plan", help="cheapest device mix for a model, a trace and an SLO")
@@ -109,10 +111,13 @@ def cmd_calibrate(args) -> int:
     from fleetlm.hardware.devices import measure_local_cpu
     from fleetlm.hardware.perfmodel import shape_from_config
 
+    import os
+
+    print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores; clock: {args.clock}", flush=True)
     print("measuring this machine's bf16 GEMM peak and memory bandwidth ...", flush=True)
-    local = measure_local_cpu()
+    local = measure_local_cpu(now=cal.clock(args.clock))
     print(f"  {local.bf16_tflops * 1e3:.0f} GFLOP/s, {local.mem_bw_gbps:.1f} GB/s ({local.source})", flush=True)
-    engine, points = cal.run_sweep(model=args.model, repeats=args.repeats,
+    engine, points = cal.run_sweep(model=args.model, repeats=args.repeats, clock_kind=args.clock,
                                    log=lambda m: print(m, flush=True))
     shape = shape_from_config(engine.loaded.path if hasattr(engine.loaded, "path") else _model_dir(args.model))
     fitted = cal.fit(shape, local, points)

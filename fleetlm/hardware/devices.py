@@ -122,27 +122,30 @@ def get_devices(*, user: list[dict] | None = None, local: Device | None = None) 
     return out
 
 
-def measure_local_cpu(*, dtype: str = "bf16", seconds: float = 1.0, name: str = "local-cpu") -> Device:
+def measure_local_cpu(*, dtype: str = "bf16", seconds: float = 1.0, name: str = "local-cpu", now=None) -> Device:
     """This machine, measured: best-of-repeats GEMM FLOP/s in `dtype` and streaming read
-    bandwidth (a large tensor sum), with torch's current thread count. Price 0: it is here."""
+    bandwidth (a large tensor sum), with torch's current thread count, on the clock `now`
+    (default wall time; calibration passes its CPU-time clock). Price 0: it is here."""
     import os
 
     import torch
+
+    now = now or time.perf_counter
 
     tdtype = torch.bfloat16 if dtype == "bf16" else torch.float32
     a = torch.randn(1024, 2048, dtype=tdtype)
     b = torch.randn(2048, 2048, dtype=tdtype)
     best_flops, deadline = 0.0, time.perf_counter() + seconds
     while time.perf_counter() < deadline:
-        t0 = time.perf_counter()
+        t0 = now()
         torch.matmul(a, b)
-        best_flops = max(best_flops, 2 * 1024 * 2048 * 2048 / (time.perf_counter() - t0))
+        best_flops = max(best_flops, 2 * 1024 * 2048 * 2048 / max(now() - t0, 1e-9))
     x = torch.ones(64 * 2**20, dtype=torch.float32)  # 256 MiB, far beyond any cache
     best_bw, deadline = 0.0, time.perf_counter() + seconds
     while time.perf_counter() < deadline:
-        t0 = time.perf_counter()
+        t0 = now()
         x.sum()
-        best_bw = max(best_bw, x.numel() * 4 / (time.perf_counter() - t0))
+        best_bw = max(best_bw, x.numel() * 4 / max(now() - t0, 1e-9))
     mem_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9
     return Device(name=name, kind="cpu", bf16_tflops=best_flops / 1e12, mem_bw_gbps=best_bw / 1e9,
                   mem_gb=mem_gb, max_tp=1, usd_per_hour=0.0, compute_eff=0.5, bandwidth_eff=0.5,
