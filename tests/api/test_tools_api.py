@@ -197,3 +197,62 @@ def test_tool_errors_are_openai_shaped_400s(tools_server, body, param):
     assert resp.status_code == 400, resp.text
     err = resp.json()["error"]
     assert err["type"] == "invalid_request_error" and err["param"] == param and err["message"]
+
+
+# ---- the real embedded model over BFCL ---------------------------------------------------
+BFCL_CATEGORIES = ("simple_python", "multiple", "parallel", "parallel_multiple", "live_simple")
+BFCL_PER_CATEGORY = 8  # 40 questions, the first 8 of each category: 70-90 s with startup, 2 shared cores
+
+
+@pytest.fixture(scope="module")
+def gemma_server():
+    import uvicorn
+
+    from fleetlm.api.app import create_app
+    from fleetlm.config import EngineConfig, ServerConfig
+    from fleetlm.engine.async_engine import AsyncLLM
+    from fleetlm.models.embedded import ensure_default_model
+
+    llm = AsyncLLM(EngineConfig(model=str(ensure_default_model()), max_model_len=4096))
+    llm.engine.grammar().prepare()
+    server_config = ServerConfig(port=free_port())
+    app = create_app(server_config, llm, model_id="gemma-3-270m")
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=server_config.port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    base = f"http://127.0.0.1:{server_config.port}"
+    wait_healthy(base, timeout=120)
+    yield RunningServer(base, llm, "gemma-3-270m", None)
+    server.should_exit = True
+    thread.join(10)
+
+
+@pytest.mark.slow
+def test_bfcl_required_calls_parse_and_validate_on_gemma(gemma_server):
+    """tool_choice=required on the real gemma-3-270m: every question gets calls (no cut-off reply)
+    whose arguments parse and validate under the function's schema, and no call repeats."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from fleetlm.evals.bfcl import build_request, default_root, load_category, to_openai_tools
+
+    if not default_root().is_dir():
+        pytest.skip(f"BFCL data not found at {default_root()} (see ../shared/data/SOURCES.md)")
+    questions = [q for cat in BFCL_CATEGORIES for q in load_category(cat, limit=BFCL_PER_CATEGORY)]
+    client = gemma_server.client(timeout=600)
+
+    def ask(question):
+        tools = to_openai_tools(question.functions)
+        body = build_request(question, tools, model=gemma_server.model, tool_choice="required", max_tokens=1024)
+        return question, tools, client.chat.completions.create(**body)
+
+    with ThreadPoolExecutor(8) as pool:  # concurrent requests share engine steps
+        results = list(pool.map(ask, questions))
+    assert len(results) == len(BFCL_CATEGORIES) * BFCL_PER_CATEGORY
+    for question, tools, response in results:
+        choice = response.choices[0]
+        schemas = {t["function"]["name"]: t["function"]["parameters"] for t in tools.tools}
+        assert choice.finish_reason == "tool_calls", question.id
+        calls = [(c.function.name, c.function.arguments) for c in choice.message.tool_calls]
+        assert calls and len(set(calls)) == len(calls), question.id
+        for name, arguments in calls:
+            jsonschema.validate(json.loads(arguments), schemas[name])
