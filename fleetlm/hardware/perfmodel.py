@@ -207,6 +207,9 @@ def estimate(perf: Perf, *, prompt: int, output: int, batch: int) -> Estimate:
     mb = perf.max_batch(prompt + output)
     if mb < 1:
         raise ValueError(f"{perf.shape.name} does not fit on {perf.name} with a {prompt + output}-token sequence")
+    if batch > mb:
+        raise ValueError(f"batch {batch} does not fit on {perf.name}: its KV cache holds {mb} sequences "
+                         f"of {prompt + output} tokens")
     ttft = perf.prefill_time(prompt)
     tpot = perf.decode_step(batch, prompt + output / 2)
     tok_s = batch / tpot

@@ -62,6 +62,8 @@ def test_memory_fit_tp_and_fp8():
     assert e.usd_per_mtok_output == pytest.approx(0.80 / 3600 / e.output_tok_s * 1e6)
     with pytest.raises(ValueError, match="does not fit"):
         estimate(Perf(L70, CATALOG["L4"], 8), prompt=100_000, output=10, batch=1)
+    with pytest.raises(ValueError, match="batch 16 does not fit"):
+        estimate(Perf(L70, CATALOG["H100-SXM"], 2), prompt=2048, output=128, batch=16)
 
 
 def test_step_work_adds_up():
