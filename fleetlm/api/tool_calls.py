@@ -11,7 +11,6 @@ Prompt format, grammar and parsing live in tool_prompt, tool_grammar and tool_pa
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 
 from fleetlm.api.errors import APIError
@@ -30,8 +29,6 @@ from fleetlm.api.tool_prompt import (
     render_messages,
     system_block,
 )
-
-log = logging.getLogger("fleetlm.api.tools")
 
 
 @dataclass(frozen=True)
@@ -104,27 +101,19 @@ def prompt_messages(req, session: ToolSession | None) -> list[dict]:
 def select_tools_for_budget(tools: list[FunctionTool], messages, choice: ToolChoice,
                             max_tools: int | None) -> list[FunctionTool]:
     """The tool budget hook: with more than `max_tools` tools, keep the `max_tools` most
-    relevant to the last user message, by `fleetlm.compound.tools.retrieval.select_tools`.
-    A function named by tool_choice is always kept. Without the retrieval module every tool
-    is kept (and a warning logged)."""
+    relevant to the last user message (`fleetlm.compound.tools.retrieval.select_tools`, its
+    default BM25 ranking: no model to load on the request path), in their input order. A
+    function named by tool_choice is always kept."""
     if max_tools is None or len(tools) <= max_tools:
         return tools
-    try:
-        from fleetlm.compound.tools.retrieval import select_tools
-    except ImportError:
-        log.warning("max_tools=%d but fleetlm.compound.tools.retrieval is not available; keeping all %d tools",
-                    max_tools, len(tools))
-        return tools
+    from fleetlm.compound.tools.retrieval import select_tools
+
     query = next((m.text() for m in reversed(messages) if m.role == "user"), "")
-    by_name = {t.name: t for t in tools}
     openai_tools = [{"type": "function", "function": {"name": t.name, "description": t.description,
                                                       "parameters": t.parameters}} for t in tools]
-    chosen = select_tools(query, openai_tools, max_tools)
-    names = [(c.get("function") or c)["name"] if isinstance(c, dict) else getattr(c, "name", c) for c in chosen]
-    kept = [by_name[n] for n in names if n in by_name][:max_tools]
-    if choice.mode == "named" and choice.name not in {t.name for t in kept}:
-        kept = [by_name[choice.name]] + kept[:max_tools - 1]
-    return kept
+    keep = (choice.name,) if choice.mode == "named" else ()
+    kept = {t["function"]["name"] for t in select_tools(query, openai_tools, max_tools=max_tools, keep=keep)}
+    return [t for t in tools if t.name in kept]
 
 
 class ChoiceDeltas:

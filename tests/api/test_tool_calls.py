@@ -212,10 +212,14 @@ def test_multi_turn_renders_through_chat_templates(template):
     assert text.count("<tool_call>") == 3  # two calls, and the format line of the tool block
 
 
-def test_budget_keeps_everything_without_a_limit():
+def test_budget_keeps_the_most_relevant_tools():
     tools = parse_tools(TOOLS)
-    assert select_tools_for_budget(tools, conversation(), ToolChoice("auto"), None) == tools
-    assert select_tools_for_budget(tools, conversation(), ToolChoice("auto"), 3) == tools
+    asked = [ChatMessage(role="user", content="What is the weather like in Paris today?")]
+    assert select_tools_for_budget(tools, asked, ToolChoice("auto"), None) == tools
+    assert select_tools_for_budget(tools, asked, ToolChoice("auto"), 3) == tools
+    assert [t.name for t in select_tools_for_budget(tools, asked, ToolChoice("auto"), 1)] == ["get_weather"]
+    kept = select_tools_for_budget(tools, asked, ToolChoice("named", "noop"), 2)
+    assert [t.name for t in kept] == ["get_weather", "noop"]  # the named one always stays; input order
 
 
 @pytest.mark.parametrize("tools, choice, param", [

@@ -173,6 +173,16 @@ def test_multi_turn_round_trip(tools_server):
     assert third.choices[0].message.tool_calls is None
 
 
+def test_max_tools_keeps_the_relevant_tool(tools_server):
+    client = tools_server.client()
+    kw = dict(model="tiny", messages=[{"role": "user", "content": "What is the weather in Paris?"}],
+              tools=[ADD, FLAGS, WEATHER], tool_choice="required", parallel_tool_calls=False, max_tokens=300, seed=0)
+    full = client.chat.completions.create(**kw)
+    budget = client.chat.completions.create(**kw, extra_body={"max_tools": 1})
+    assert budget.usage.prompt_tokens < full.usage.prompt_tokens - 200  # two tools fewer in the prompt
+    assert [c.function.name for c in budget.choices[0].message.tool_calls] == ["get_weather"]
+
+
 def test_stream_usage_with_tools(tools_server):
     chunks = list(tools_server.client().chat.completions.create(
         model="tiny", messages=USER, tools=[ADD], tool_choice="required", max_tokens=200, seed=0, stream=True,
@@ -233,7 +243,12 @@ def test_bfcl_required_calls_parse_and_validate_on_gemma(gemma_server):
     whose arguments parse and validate under the function's schema, and no call repeats."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from fleetlm.evals.bfcl import build_request, default_root, load_category, to_openai_tools
+    from fleetlm.evals.bfcl import (
+        build_request,
+        default_root,
+        load_category,
+        to_openai_tools,
+    )
 
     if not default_root().is_dir():
         pytest.skip(f"BFCL data not found at {default_root()} (see ../shared/data/SOURCES.md)")
