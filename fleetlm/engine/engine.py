@@ -115,6 +115,12 @@ class LLMEngine:
         pool = LoRAPool(projection_shapes(model), max_loras=self.config.max_loras,
                         max_rank=self.config.max_lora_rank, dtype=self.loaded.dtype, device=self.loaded.device)
         attach_lora(model, pool)
+        if self.loaded.device.type == "cpu" and self.loaded.dtype in (torch.float32, torch.bfloat16):
+            from fleetlm.engine.kernels import load_lora_bgmv
+            from fleetlm.models.embedded import default_cache_dir
+
+            root = Path(self.config.cache_dir) if self.config.cache_dir else default_cache_dir()
+            pool.kernel = load_lora_bgmv(root / "kernels")
         return pool
 
     def _decode_kernel(self):

@@ -7,10 +7,12 @@ Contract:
   biases or extra modules, unknown or mis-shaped projections, rank > max_lora_rank) is
   `LoRAError` with the reason; both are raised before a request is queued.
 - `LoRAPool` owns `max_loras` slots. Slot 0 is the base model (all-zero weights). For every
-  adapted projection it keeps stacked weights A (slots, r, in) and B (slots, out, r), with the
-  adapter's scale folded into B, so that one step serves any mix of adapters: row t adds
-  B[s_t] @ (A[s_t] @ x_t) with s_t its sequence's slot. The scheduler `acquire`s a slot when it
-  admits a sequence (False: every slot is held by running sequences, so the sequence waits)
+  adapted projection it keeps stacked weights A (slots, r, in) and Bt (slots, r, out) (B
+  transposed, the adapter's scale folded in), so that one step serves any mix of adapters:
+  row t adds Bt[s_t]^T (A[s_t] x_t) with s_t its sequence's slot. On CPU a native kernel
+  (kernels/lora_bgmv.cpp) reads each row's weights in place; elsewhere, or if it cannot be
+  built, batched torch ops compute the same. The scheduler `acquire`s a slot when it
+  admits a sequence (None: every slot is held by running sequences, so the sequence waits)
   and `release`s it when the sequence stops running; free slots are reused least recently
   used first, loading from disk on demand. Adapters of different ranks sit side by side (the
   stacks are as wide as the largest rank loaded; narrower ones are zero-padded).
@@ -138,30 +140,29 @@ def _pattern_value(patterns: dict, module: str, default):
 
 
 class LoRABatch:
-    """One step's row -> slot mapping and the batched LoRA product for it."""
+    """One step's row -> slot mapping, and the batched LoRA product for it."""
 
-    GATHER_MIN_UNIQUE = 4  # with more distinct adapters than this, gather per row (one bmm)
+    GATHER_MIN_UNIQUE = 4  # torch path: with more distinct adapters than this, gather per row
 
-    def __init__(self, slots: torch.Tensor):
+    def __init__(self, slots: torch.Tensor, kernel=None):
         self.slots = slots  # (T,) int64
-        uniq = torch.unique(slots)
-        self.unique = uniq.tolist()
+        self.kernel = kernel  # kernels.load_lora_bgmv() op, or None
         self.rows = None
-        if len(self.unique) <= self.GATHER_MIN_UNIQUE:  # few adapters: one matmul pair each
-            self.rows = {s: (slots == s).nonzero().squeeze(1) for s in self.unique if s != 0}
+        if kernel is None:
+            unique = torch.unique(slots).tolist()
+            if len(unique) <= self.GATHER_MIN_UNIQUE:  # few adapters: one matmul pair each
+                self.rows = {s: (slots == s).nonzero().squeeze(1) for s in unique if s != 0}
 
-    def delta(self, x: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor | None:
-        """x (T, in), a (S, r, in), b (S, out, r) -> (T, out) LoRA output (None: all base)."""
-        if self.rows is not None:
-            if not self.rows:
-                return None
-            y = x.new_zeros((x.shape[0], b.shape[1]))
+    def add_to(self, y: torch.Tensor, x: torch.Tensor, a: torch.Tensor, bt: torch.Tensor) -> None:
+        """y (T, out) += each row's LoRA product; x (T, in), a (S, r, in), bt (S, r, out)."""
+        if self.kernel is not None:
+            self.kernel(x.contiguous(), a, bt, self.slots, y)
+        elif self.rows is not None:
             for s, rows in self.rows.items():
-                xs = x.index_select(0, rows)
-                y.index_copy_(0, rows, (xs @ a[s].t()) @ b[s].t())
-            return y
-        shrink = torch.bmm(a.index_select(0, self.slots), x.unsqueeze(-1))  # (T, r, 1)
-        return torch.bmm(b.index_select(0, self.slots), shrink).squeeze(-1)  # (T, out)
+                y.index_add_(0, rows, (x.index_select(0, rows) @ a[s].t()) @ bt[s])
+        else:
+            shrink = torch.bmm(a.index_select(0, self.slots), x.unsqueeze(-1))  # (T, r, 1)
+            y += torch.bmm(shrink.transpose(1, 2), bt.index_select(0, self.slots)).squeeze(1)
 
 
 class LoRAPool:
@@ -171,7 +172,8 @@ class LoRAPool:
         self.max_loras, self.max_rank = max_loras, max_rank
         self.dtype, self.device = dtype, device
         self.rank = 0  # current width of the stacks
-        self.stacks: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # module -> (A, B)
+        self.stacks: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # module -> (A, Bt)
+        self.kernel = None  # native CPU op (kernels.load_lora_bgmv), set by the engine
         self.slot_of: OrderedDict[AdapterWeights, int] = OrderedDict()  # LRU order, oldest first
         self.refs = [0] * (max_loras + 1)  # running sequences per slot
         self.batch: LoRABatch | None = None
@@ -229,7 +231,7 @@ class LoRAPool:
 
     def set_batch(self, slots: torch.Tensor | None) -> None:
         """Per-token slots of the next forward (None: no adapter rows this step)."""
-        self.batch = None if slots is None else LoRABatch(slots)
+        self.batch = None if slots is None else LoRABatch(slots, self.kernel)
 
     def _free_slot(self) -> int | None:
         used = set(self.slot_of.values())
@@ -243,9 +245,9 @@ class LoRAPool:
         return None
 
     def _clear(self, slot: int) -> None:
-        for a, b in self.stacks.values():
+        for a, bt in self.stacks.values():
             a[slot].zero_()
-            b[slot].zero_()
+            bt[slot].zero_()
 
     def _write(self, slot: int, w: AdapterWeights) -> None:
         """Copy an adapter into `slot` of every stack (growing the stacks' rank if needed)."""
@@ -257,19 +259,19 @@ class LoRAPool:
                 d_in, d_out = self.shapes[module]
                 n = self.max_loras + 1
                 self.stacks[module] = (torch.zeros(n, self.rank, d_in, dtype=self.dtype, device=self.device),
-                                       torch.zeros(n, d_out, self.rank, dtype=self.dtype, device=self.device))
-            sa, sb = self.stacks[module]
+                                       torch.zeros(n, self.rank, d_out, dtype=self.dtype, device=self.device))
+            sa, sbt = self.stacks[module]
             r = a.shape[0]
             sa[slot, :r].copy_(a)
-            sb[slot, :, :r].copy_(b)
+            sbt[slot, :r].copy_(b.t())
 
     def _grow(self, rank: int) -> None:
-        for module, (a, b) in list(self.stacks.items()):
+        for module, (a, bt) in list(self.stacks.items()):
             na = a.new_zeros(a.shape[0], rank, a.shape[2])
-            nb = b.new_zeros(b.shape[0], b.shape[1], rank)
+            nbt = bt.new_zeros(bt.shape[0], rank, bt.shape[2])
             na[:, : self.rank].copy_(a)
-            nb[:, :, : self.rank].copy_(b)
-            self.stacks[module] = (na, nb)
+            nbt[:, : self.rank].copy_(bt)
+            self.stacks[module] = (na, nbt)
         self.rank = rank
 
 
@@ -289,11 +291,8 @@ class LoRALinear(nn.Module):
             return y
         for key, off, size in self.parts:
             stack = self.pool.stacks.get(key)
-            if stack is None:
-                continue
-            d = batch.delta(x, *stack)
-            if d is not None:
-                y[:, off : off + size] += d
+            if stack is not None:
+                batch.add_to(y[:, off : off + size], x, *stack)
         return y
 
 

@@ -50,8 +50,8 @@ def prompts(n: int, seed: int = 0) -> list[list[int]]:
     return [[2] + torch.randint(3, 259, (5 + 4 * i,), generator=g).tolist() for i in range(n)]
 
 
-@pytest.mark.parametrize("budget", [512, 7])  # 7: chunked prefill under the adapter
-def test_adapter_matches_transformers_peft_merged(tiny_family, tmp_path, monkeypatch, budget):
+@pytest.mark.parametrize("budget,path", [(512, "kernel"), (7, "kernel"), (512, "torch")])  # 7: chunked prefill
+def test_adapter_matches_transformers_peft_merged(tiny_family, tmp_path, monkeypatch, budget, path):
     import fleetlm.engine.engine as engine_mod
 
     name, base = tiny_family
@@ -66,6 +66,7 @@ def test_adapter_matches_transformers_peft_merged(tiny_family, tmp_path, monkeyp
 
     monkeypatch.setattr(engine_mod, "sample", spy)
     llm = LLM(str(base), dtype="float32", enable_lora=True, max_num_batched_tokens=budget)
+    use_path(llm, path)
     ps = prompts(2)
     outs = llm.generate(prompt_token_ids=ps, sampling_params=GREEDY, lora_request=adapter)
     base_out = llm.generate(prompt_token_ids=ps[:1], sampling_params=GREEDY)[0]
@@ -76,7 +77,17 @@ def test_adapter_matches_transformers_peft_merged(tiny_family, tmp_path, monkeyp
     assert base_out.outputs[0].token_ids != outs[0].outputs[0].token_ids  # the adapter matters
 
 
-def test_mixed_batch_of_base_and_8_adapters_equals_each_alone(tiny_gemma, tmp_path):
+def use_path(llm, path: str) -> None:
+    """"kernel": the native CPU op (it must have built); "torch": the fallback ops."""
+    pool = llm.engine.lora_pool
+    if path == "kernel":
+        assert pool.kernel is not None, "the multi-LoRA kernel did not build"
+    else:
+        pool.kernel = None
+
+
+@pytest.mark.parametrize("path", ["kernel", "torch"])
+def test_mixed_batch_of_base_and_8_adapters_equals_each_alone(tiny_gemma, tmp_path, path):
     shapes = [(4, ("q_proj", "v_proj")), (8, ALL), (16, ("o_proj", "down_proj")), (2, ("gate_proj", "k_proj"))]
     adapters = [make_adapter(tiny_gemma, tmp_path / f"a{i}", seed=10 + i, rank=shapes[i % 4][0],
                              targets=shapes[i % 4][1]) for i in range(8)]
@@ -84,6 +95,7 @@ def test_mixed_batch_of_base_and_8_adapters_equals_each_alone(tiny_gemma, tmp_pa
     ps = prompts(len(loras), seed=3)
     # max_loras=4 < 8 adapters: sequences wait for a slot and slots are recycled (LRU)
     llm = LLM(str(tiny_gemma), dtype="float32", enable_lora=True, max_loras=4, max_num_batched_tokens=64)
+    use_path(llm, path)
     batch = llm.generate(prompt_token_ids=ps, sampling_params=GREEDY, lora_request=loras)
     fresh = LLM(str(tiny_gemma), dtype="float32", enable_lora=True, max_loras=1)
     for p, lora, out in zip(ps, loras, batch):

@@ -1,8 +1,9 @@
 """Optional native kernels, compiled once per machine with the local C++ compiler.
 
-`load_paged_decode(build_root)` returns the CPU paged decode-attention op, or None when it
-cannot be built (no compiler, no ninja): the engine then uses its pure-PyTorch path, which
-gives the same results more slowly. Builds are keyed by the source, the torch version and
+`load_paged_decode(build_root)` returns the CPU paged decode-attention op and
+`load_lora_bgmv(build_root)` the batched multi-LoRA op, or None when they cannot be built (no
+compiler, no ninja): the engine then uses its pure-PyTorch paths, which give the same results
+more slowly. Builds are keyed by the source, the torch version and
 the CPU model (the code is compiled for the host's instruction set), and cached on disk.
 """
 
@@ -18,9 +19,6 @@ import torch
 
 log = logging.getLogger("fleetlm.kernels")
 
-SOURCE = Path(__file__).with_name("paged_decode.cpp")
-
-
 def _cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -34,24 +32,34 @@ def _cpu_model() -> str:
 def load_paged_decode(build_root: Path, *, progress=print):
     """The compiled op `paged_decode_attention(q, k_cache, v_cache, block_tables, ctx_lens,
     window, scale)`, or None if it cannot be built here."""
-    src = SOURCE.read_text()
+    return _load("paged_decode", "paged_decode_attention", "CPU paged-attention kernel", build_root, progress)
+
+
+def load_lora_bgmv(build_root: Path, *, progress=print):
+    """The compiled op `lora_bgmv(x, a, bt, slots, y)` (y += per-row LoRA product, in place),
+    or None if it cannot be built here."""
+    return _load("lora_bgmv", "lora_bgmv", "CPU multi-LoRA kernel", build_root, progress)
+
+
+def _load(stem: str, function: str, what: str, build_root: Path, progress):
+    src = Path(__file__).with_name(f"{stem}.cpp").read_text()
     key = hashlib.sha256(f"{src}|{torch.__version__}|{_cpu_model()}".encode()).hexdigest()[:16]
-    build_dir = Path(build_root) / f"paged_decode-{key}"
+    build_dir = Path(build_root) / f"{stem}-{key}"
     build_dir.mkdir(parents=True, exist_ok=True)
     fresh = not any(build_dir.glob("*.so"))
     try:
         from torch.utils.cpp_extension import load_inline
 
         if fresh and progress:
-            progress("fleetlm: compiling the CPU paged-attention kernel (one-time, about a minute)...")
+            progress(f"fleetlm: compiling the {what} (one-time, about a minute)...")
         t0 = time.monotonic()
         module = load_inline(
-            name=f"fleetlm_paged_decode_{key}", cpp_sources=[src], functions=["paged_decode_attention"],
+            name=f"fleetlm_{stem}_{key}", cpp_sources=[src], functions=[function],
             extra_cflags=["-O3", "-march=native", "-fopenmp"], extra_ldflags=["-fopenmp"],
             build_directory=str(build_dir), verbose=False)
         if fresh and progress:
             progress(f"fleetlm: kernel ready in {time.monotonic() - t0:.0f} s (cached in {build_dir})")
-        return module.paged_decode_attention
+        return getattr(module, function)
     except Exception as exc:  # noqa: BLE001 - any build failure means "use the torch path"
-        log.warning("CPU paged-attention kernel unavailable (%s); using the PyTorch path", exc)
+        log.warning("%s unavailable (%s); using the PyTorch path", what, exc)
         return None
