@@ -235,6 +235,9 @@ def build_parser() -> argparse.ArgumentParser:
     from fleetlm.compound.router.cli import add_router_parser
 
     add_router_parser(sub)
+    from fleetlm.tune.cli import add_tune_parser
+
+    add_tune_parser(sub)
 
     from fleetlm.hardware.cli import add_hardware_parser
 

@@ -27,11 +27,8 @@ def _timed(llm, ids: list[int], params, lora=None) -> tuple[float, float, list[i
     return m.first_token_time - m.arrival_time, m.finished_time - m.arrival_time, list(out.outputs[0].token_ids)
 
 
-def latency(llm, items, lora, max_new_tokens: int, n: int) -> dict:
+def latency(llm, items, lora, params, n: int) -> dict:
     """Median TTFT / total seconds with the prompt (base) and distilled (adapter, no prompt)."""
-    from fleetlm.engine.sampling_params import SamplingParams
-
-    params = SamplingParams(max_tokens=max_new_tokens, temperature=0.0)
     items = items[:n]
     _timed(llm, items[0].teacher_prompt, params)  # warm-up: kernels, the adapter's first load
     _timed(llm, items[0].student_prompt, params, lora)
@@ -43,12 +40,9 @@ def latency(llm, items, lora, max_new_tokens: int, n: int) -> dict:
             for k, v in rows.items() for j, what in enumerate(("ttft", "latency"))}
 
 
-def agreement(llm, items, lora, max_new_tokens: int) -> tuple[float, float]:
+def agreement(llm, items, lora, params) -> tuple[float, float]:
     """(exact-match rate, mean fraction of the teacher's answer matched as a prefix)."""
-    from fleetlm.engine.sampling_params import SamplingParams
-
-    outs = llm.generate(prompt_token_ids=[it.student_prompt for it in items],
-                        sampling_params=SamplingParams(max_tokens=max_new_tokens, temperature=0.0),
+    outs = llm.generate(prompt_token_ids=[it.student_prompt for it in items], sampling_params=params,
                         lora_request=lora)
     exact, prefix = 0, 0.0
     for it, o in zip(items, outs):
@@ -77,18 +71,18 @@ def full_kl(model, items, dtype: str) -> float:
 
 
 def held_out_report(llm, model, items, *, adapter: Path, dtype: str, latency_queries: int,
-                    max_new_tokens: int, base_path: Path, engine_dtype: str, log=print) -> dict:
+                    params, base_path: Path, engine_dtype: str, log=print) -> dict:
     from fleetlm.engine.llm import LLM
     from fleetlm.engine.lora import LoRARequest
 
     lora = LoRARequest(name=Path(adapter).name, path=str(adapter))
     removed = statistics.mean(len(it.teacher_prompt) - len(it.student_prompt) for it in items)
-    exact, prefix = agreement(llm, items, lora, max_new_tokens)
+    exact, prefix = agreement(llm, items, lora, params)
     kl = full_kl(model, items, dtype)
-    warm = latency(llm, items, lora, max_new_tokens, latency_queries)
+    warm = latency(llm, items, lora, params, latency_queries)
     cold_llm = LLM(str(base_path), dtype=engine_dtype, enable_lora=True, max_loras=2, kv_cache_memory_gb=0.5,
                    enable_prefix_caching=False)
-    cold = latency(cold_llm, items, lora, max_new_tokens, latency_queries)
+    cold = latency(cold_llm, items, lora, params, latency_queries)
     report = {"held_out_queries": len(items), "prompt_tokens_removed_per_call": round(removed, 1),
               "greedy_exact_match": round(exact, 4), "greedy_prefix_match": round(prefix, 4),
               "mean_token_kl": round(kl, 4),

@@ -65,3 +65,16 @@ def test_distill_lowers_kl_and_reports(tiny_gemma, tmp_path):
     saved = json.loads((tmp_path / "pirate" / "card.json").read_text())
     assert saved["metrics"]["greedy_exact_match"] == m["greedy_exact_match"]
     assert any("prompt tokens removed per call" in x for x in lines)
+
+
+def test_text_format_prompts():
+    from tests.tiny_models import byte_tokenizer
+
+    from fleetlm.tune.distill import prompt_ids
+
+    tok = byte_tokenizer()
+    teacher = prompt_ids(tok, "RULES", "Q: hi\nA:", "text")
+    student = prompt_ids(tok, None, "Q: hi\nA:", "text")
+    assert tok.decode(teacher) == "<bos>RULES\n\nQ: hi\nA:" and tok.decode(student) == "<bos>Q: hi\nA:"
+    with pytest.raises(ValueError, match="format"):
+        DistillConfig(base="x", system_prompt="p", queries="q", out="o", format="xml")

@@ -1,0 +1,166 @@
+"""``fleet tune sft | distill | eval | datagen``.
+
+    fleet tune sft --base gemma-3-270m --data train.jsonl --out adapters/NAME
+    fleet tune distill --base gemma-3-270m --system-prompt PROMPT.txt --queries Q.jsonl --out adapters/NAME
+    fleet tune eval --task extract --test test.jsonl --adapter adapters/NAME --shots-from train.jsonl
+    fleet tune datagen extract --out data/extract
+
+``add_tune_parser(subparsers)`` adds the ``tune`` command to the ``fleet`` parser; each
+subcommand sets ``func`` (``args.func(args) -> exit code``). Bad data or arguments print one
+``error: ...`` line and exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def _model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--base", default="gemma-3-270m", help="embedded model id or a local HF folder")
+    p.add_argument("--out", required=True, help="adapter folder to write (e.g. adapters/NAME)")
+    p.add_argument("--rank", type=int, default=8)
+    p.add_argument("--alpha", type=float, default=16.0)
+    p.add_argument("--dropout", type=float, default=0.0)
+    p.add_argument("--target-modules", default="q_proj,k_proj,v_proj,o_proj",
+                   help="comma-separated projections (all: q,k,v,o,gate,up,down_proj)")
+    p.add_argument("--lr", type=float, default=2e-4)
+    p.add_argument("--epochs", type=float, default=1.0)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--dtype", default="bf16", choices=["bf16", "fp32"], help="training autocast dtype")
+    p.add_argument("--checkpoint-every", type=int, default=50, help="steps between checkpoints (<out>.ckpt/)")
+    p.add_argument("--max-steps", type=int, default=None, help="stop at this step (resume later)")
+    p.add_argument("--eval-every", type=int, default=0, help="steps between held-out evaluations")
+    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in <out>.ckpt/")
+    p.add_argument("--cache-dir", default=None)
+
+
+def add_tune_parser(subparsers) -> argparse.ArgumentParser:
+    t = subparsers.add_parser("tune", help="make expert adapters: LoRA SFT, prompt distillation")
+    sub = t.add_subparsers(dest="tune_command", required=True)
+
+    s = sub.add_parser("sft", help="LoRA fine-tuning on OpenAI chat JSONL (loss on assistant tokens)")
+    _model_args(s)
+    s.add_argument("--data", required=True, help="chat JSONL ({'messages': [...], 'tools': [...]?} per line)")
+    s.add_argument("--eval-data", default=None, help="held-out chat JSONL (default: --eval-fraction of --data)")
+    s.add_argument("--eval-fraction", type=float, default=0.1)
+    s.add_argument("--max-len", type=int, default=512)
+    s.set_defaults(func=cmd_sft)
+
+    d = sub.add_parser("distill", help="distill a long system prompt into an adapter (KL to the prompted teacher)")
+    _model_args(d)
+    d.add_argument("--system-prompt", required=True, help="text file with the system prompt")
+    d.add_argument("--queries", required=True, help='JSONL of {"query": ...}')
+    d.add_argument("--eval-queries", default=None, help="held-out queries (default: --eval-fraction of --queries)")
+    d.add_argument("--eval-fraction", type=float, default=0.15)
+    d.add_argument("--max-new-tokens", type=int, default=48)
+    d.add_argument("--format", default="chat", choices=["chat", "text"],
+                   help="chat: prompt as system message; text: prompt + blank line + query, for base models")
+    d.add_argument("--stop", action="append", default=[], help="stop string for answers (repeatable)")
+    d.add_argument("--top-k", type=int, default=32, help="teacher log-probs kept per token")
+    d.add_argument("--latency-queries", type=int, default=16)
+    d.add_argument("--engine-dtype", default="auto")
+    d.set_defaults(func=cmd_distill)
+
+    e = sub.add_parser("eval", help="held-out score of an adapter vs the base model with a few-shot prompt")
+    e.add_argument("--task", required=True, choices=["extract", "arith"])
+    e.add_argument("--base", default="gemma-3-270m")
+    e.add_argument("--test", required=True, help="held-out JSONL written by `fleet tune datagen`")
+    e.add_argument("--adapter", default=None, help="adapter folder (omit: base only)")
+    e.add_argument("--shots-from", default=None, help="chat JSONL to draw the base model's few-shot examples from")
+    e.add_argument("--shots", type=int, default=4)
+    e.add_argument("--limit", type=int, default=None)
+    e.add_argument("--max-tokens", type=int, default=128)
+    e.add_argument("--engine-dtype", default="auto")
+    e.set_defaults(func=cmd_eval)
+
+    g = sub.add_parser("datagen", help="generate an expert's training and held-out data (templates + random values)")
+    g.add_argument("task", choices=["extract", "arith", "persona"])
+    g.add_argument("--out", required=True, help="folder for the data files")
+    g.add_argument("--train", type=int, default=None, help="training examples (task default if omitted)")
+    g.add_argument("--test", type=int, default=None, help="held-out examples (task default if omitted)")
+    g.add_argument("--seed", type=int, default=0)
+    g.set_defaults(func=cmd_datagen)
+    return t
+
+
+def _lora_loop(args):
+    from fleetlm.tune.trainer import LoopParams, LoraParams
+
+    lora = LoraParams(rank=args.rank, alpha=args.alpha, dropout=args.dropout,
+                      target_modules=[m.strip() for m in args.target_modules.split(",") if m.strip()])
+    loop = LoopParams(lr=args.lr, epochs=args.epochs, batch_size=args.batch_size, seed=args.seed, dtype=args.dtype,
+                      checkpoint_every=args.checkpoint_every, max_steps=args.max_steps, eval_every=args.eval_every)
+    return lora, loop
+
+
+def _fail(exc: Exception) -> int:
+    print(f"error: {exc}", file=sys.stderr)
+    return 2
+
+
+def cmd_sft(args) -> int:
+    from fleetlm.tune.data import DataError
+    from fleetlm.tune.sft import SFTConfig, run_sft
+
+    try:
+        lora, loop = _lora_loop(args)
+        res = run_sft(SFTConfig(base=args.base, data=args.data, out=args.out, eval_data=args.eval_data,
+                                eval_fraction=args.eval_fraction, max_len=args.max_len, resume=args.resume,
+                                cache_dir=args.cache_dir, lora=lora, loop=loop))
+    except (DataError, ValueError, FileNotFoundError) as exc:
+        return _fail(exc)
+    m = res.card["metrics"]
+    if res.out is None:
+        print(f"stopped at step {m['steps']}; continue with --resume")
+        return 0
+    print(f"adapter: {res.out}\nheld-out loss {m['eval_loss_before']:.4f} -> {m['eval_loss_after']:.4f} "
+          f"({m['steps']} steps, {m['train_seconds']:.0f} s)")
+    return 0
+
+
+def cmd_distill(args) -> int:
+    from fleetlm.tune.data import DataError
+    from fleetlm.tune.distill import DistillConfig, run_distill
+
+    try:
+        lora, loop = _lora_loop(args)
+        card = run_distill(DistillConfig(
+            base=args.base, system_prompt=args.system_prompt, queries=args.queries, out=args.out,
+            eval_queries=args.eval_queries, eval_fraction=args.eval_fraction, max_new_tokens=args.max_new_tokens,
+            format=args.format, stop=[x.encode().decode("unicode_escape") for x in args.stop],
+            top_k=args.top_k, latency_queries=args.latency_queries, engine_dtype=args.engine_dtype,
+            resume=args.resume, cache_dir=args.cache_dir, lora=lora, loop=loop))
+    except (DataError, ValueError, FileNotFoundError) as exc:
+        return _fail(exc)
+    m = card["metrics"]
+    if "greedy_exact_match" in m:
+        print(f"adapter: {args.out}\nheld-out top-{args.top_k} KL {m['held_out_topk_kl_before']:.4f} -> "
+              f"{m['held_out_topk_kl_after']:.4f}; agreement {m['greedy_exact_match']:.1%}; "
+              f"TTFT cut {m['ttft_speedup_cold']:.2f}x (cold) / {m['ttft_speedup_warm']:.2f}x (warm)")
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from fleetlm.tune.data import DataError
+    from fleetlm.tune.evaluate import EvalConfig, run_eval
+
+    try:
+        res = run_eval(EvalConfig(task=args.task, base=args.base, test=args.test, adapter=args.adapter,
+                                  shots_from=args.shots_from, shots=args.shots, limit=args.limit,
+                                  max_tokens=args.max_tokens, engine_dtype=args.engine_dtype))
+    except (DataError, ValueError, FileNotFoundError) as exc:
+        return _fail(exc)
+    print(json.dumps(res, indent=2))
+    return 0
+
+
+def cmd_datagen(args) -> int:
+    from fleetlm.tune.datagen import GENERATORS
+
+    files = GENERATORS[args.task](args.out, n_train=args.train, n_test=args.test, seed=args.seed)
+    for f in files:
+        print(f)
+    return 0

@@ -1,0 +1,57 @@
+"""Customer queries for the bookshop persona (prompt: ``persona_prompt.txt``, ~1,400 tokens).
+
+Queries are template x value pairs, written as ``"Customer: <question>\\nPip:"`` for
+``fleet tune distill --format text --stop "\\n"``. Held-out queries are pairs never seen in
+training (each template and each value does appear in training, in other pairs)."""
+
+from __future__ import annotations
+
+import random
+import shutil
+from pathlib import Path
+
+from fleetlm.tune.datagen.common import write_jsonl
+
+PROMPT_FILE = Path(__file__).with_name("persona_prompt.txt")
+
+DAYS = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"]
+ITEMS = ["a coffee", "a tea", "a hot chocolate", "a slice of lemon cake", "the fish pie", "a sea chart",
+         "a map of the coast", "a notebook", "a second-hand book", "a new paperback", "a hardback",
+         "a picture book", "a gift card"]
+NOT_SOLD = ["e-books", "audiobooks", "magazines", "school textbooks", "newspapers", "comics", "vinyl records",
+            "board games", "greeting cards", "university textbooks"]
+EVENTS = ["story time", "the Lantern Hour", "the book club", "the poetry evening"]
+SERVICES = ["special orders", "gift wrapping", "delivery", "holding a book for me", "buying my old books",
+            "finding a book I half remember"]
+PEOPLE = ["Marta", "Jonas", "Ada"]
+OFF_TOPIC = ["the weather tomorrow", "the football score", "a good doctor", "the train times", "the election",
+             "a lawyer", "the tide tables", "a hotel nearby", "the best restaurant in town"]
+
+TEMPLATES = [
+    ("Are you open on {}?", DAYS), ("What are your hours on {}?", DAYS), ("When do you close on {}?", DAYS),
+    ("Can I come by on {} morning?", DAYS), ("Is the cafe open on {}?", DAYS),
+    ("How much is {}?", ITEMS), ("What does {} cost?", ITEMS), ("Can I buy {} with a card?", ITEMS),
+    ("Do you have {} today?", ITEMS),
+    ("Do you sell {}?", NOT_SOLD), ("Can I find {} in your shop?", NOT_SOLD), ("Where are the {}?", NOT_SOLD),
+    ("When is {}?", EVENTS), ("Is {} free?", EVENTS), ("Can my friend join {}?", EVENTS),
+    ("Do you offer {}?", SERVICES), ("How does {} work?", SERVICES), ("Is {} free of charge?", SERVICES),
+    ("Who is {}?", PEOPLE), ("Can I talk to {}?", PEOPLE), ("What does {} do at the shop?", PEOPLE),
+    ("Can you tell me about {}?", OFF_TOPIC), ("Do you know anything about {}?", OFF_TOPIC),
+]
+
+
+def all_queries() -> list[str]:
+    return [f"Customer: {t.format(v)}\nPip:" for t, values in TEMPLATES for v in values]
+
+
+def generate(out: str | Path, *, n_train: int | None = None, n_test: int | None = None, seed: int = 0) -> list[Path]:
+    out = Path(out)
+    pool = all_queries()
+    random.Random(seed).shuffle(pool)
+    n_test = n_test or 40
+    n_train = min(n_train or len(pool) - n_test, len(pool) - n_test)
+    test, train = pool[:n_test], pool[n_test:n_test + n_train]
+    out.mkdir(parents=True, exist_ok=True)
+    prompt = shutil.copyfile(PROMPT_FILE, out / "system_prompt.txt")
+    return [Path(prompt), write_jsonl(out / "queries.jsonl", [{"query": q} for q in train]),
+            write_jsonl(out / "eval_queries.jsonl", [{"query": q} for q in test])]
