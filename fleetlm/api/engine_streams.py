@@ -21,14 +21,16 @@ from fleetlm.engine.sampling_params import SamplingParams
 DISCONNECT_POLL_S = 0.25
 
 
-async def merged(llm: AsyncLLM, prompts: list[list[int]], params: SamplingParams, rid: str
-                 ) -> AsyncIterator[tuple[int, RequestOutput]]:
-    """Run one engine request per prompt; yield (prompt index, cumulative output) as they come."""
+async def merged(llm: AsyncLLM, prompts: list[list[int]], params: SamplingParams, rid: str, *,
+                 lora_request=None) -> AsyncIterator[tuple[int, RequestOutput]]:
+    """Run one engine request per prompt (with the adapter `lora_request`, None for the base
+    model); yield (prompt index, cumulative output) as they come."""
     if len(prompts) == 1:
-        async for out in llm.generate(prompts[0], params, request_id=f"{rid}-0"):
+        async for out in llm.generate(prompts[0], params, request_id=f"{rid}-0", lora_request=lora_request):
             yield 0, out
         return
-    gens = [llm.generate(p, params, request_id=f"{rid}-{i}") for i, p in enumerate(prompts)]
+    gens = [llm.generate(p, params, request_id=f"{rid}-{i}", lora_request=lora_request)
+            for i, p in enumerate(prompts)]
     queue: asyncio.Queue = asyncio.Queue()
 
     async def pump(i, gen):
@@ -57,15 +59,15 @@ async def merged(llm: AsyncLLM, prompts: list[list[int]], params: SamplingParams
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
-async def collect(llm: AsyncLLM, prompts: list[list[int]], params: SamplingParams, rid: str, raw: Request,
-                  stop=None) -> dict[int, RequestOutput]:
+async def collect(llm: AsyncLLM, prompts: list[list[int]], params: SamplingParams, rid: str, raw: Request, *,
+                  lora_request=None, stop=None) -> dict[int, RequestOutput]:
     """Run to completion; abort in the engine if the client disconnects meanwhile, or once
     `stop(output)` says the output is complete (a tool reply that repeated a call)."""
     finals: dict[int, RequestOutput] = {}
 
     async def run():
         stopping = False
-        async for i, out in merged(llm, prompts, params, rid):
+        async for i, out in merged(llm, prompts, params, rid, lora_request=lora_request):
             finals[i] = out
             if stop is not None and not stopping and not out.finished and stop(out):
                 stopping = True  # the engine ends it with finish_reason "abort"

@@ -147,7 +147,7 @@ class Serving:
         return fmt.usage(prompt_tokens, completion_tokens, cached)
 
     # ---- chat ------------------------------------------------------------------------
-    async def chat(self, req: ChatCompletionRequest, raw: Request):
+    async def chat(self, req: ChatCompletionRequest, raw: Request, lora_request=None):
         t0 = time.monotonic()
         tools = tool_session(req, max_tools=self.max_tools)
         ids = self.chat_prompt_ids(req, tools)
@@ -157,8 +157,8 @@ class Serving:
                                       logprobs=top if want_lp else None, tools=tools)
         rid = f"chatcmpl-{uuid.uuid4().hex}"
         if req.stream:
-            return self._stream(self._chat_events(req, ids, params, rid, t0, tools))
-        finals = await collect(self.model.llm, [ids], params, rid, raw,
+            return self._stream(self._chat_events(req, ids, params, rid, t0, tools, lora_request))
+        finals = await collect(self.model.llm, [ids], params, rid, raw, lora_request=lora_request,
                                stop=tools.reply_over if tools is not None else None)
         out = finals[0]
         choices = []
@@ -172,14 +172,15 @@ class Serving:
         use = self._record("chat", finals, [len(ids)], t0)
         return JSONResponse(fmt.envelope("chat.completion", rid, req.model, choices, use))
 
-    async def _chat_events(self, req, ids, params, rid, t0, tools: ToolSession | None) -> AsyncIterator[str]:
+    async def _chat_events(self, req, ids, params, rid, t0, tools: ToolSession | None,
+                           lora_request) -> AsyncIterator[str]:
         created = int(time.time())
         streams: dict[int, ChoiceDeltas] = {}
         sent_lp: dict[int, int] = {}
         want_lp = params.logprobs is not None
         finals: dict[int, RequestOutput] = {}
         stopping = False
-        async for _, out in merged(self.model.llm, [ids], params, rid):
+        async for _, out in merged(self.model.llm, [ids], params, rid, lora_request=lora_request):
             finals[0] = out
             for c in out.outputs:
                 stream = streams.setdefault(c.index, ChoiceDeltas(tools))
@@ -202,7 +203,7 @@ class Serving:
         yield sse("[DONE]")
 
     # ---- completions -----------------------------------------------------------------
-    async def complete(self, req: CompletionRequest, raw: Request):
+    async def complete(self, req: CompletionRequest, raw: Request, lora_request=None):
         t0 = time.monotonic()
         if req.suffix:
             raise APIError(400, "suffix is not supported", param="suffix")
@@ -214,8 +215,8 @@ class Serving:
         echo = [t if t is not None else self.tokenizer.decode(p) for t, p in zip(texts, prompts)] \
             if req.echo else [""] * len(prompts)
         if req.stream:
-            return self._stream(self._completion_events(req, prompts, params, rid, t0, echo))
-        finals = await collect(self.model.llm, prompts, params, rid, raw)
+            return self._stream(self._completion_events(req, prompts, params, rid, t0, echo, lora_request))
+        finals = await collect(self.model.llm, prompts, params, rid, raw, lora_request=lora_request)
         choices = []
         for i in range(len(prompts)):
             for c in finals[i].outputs:
@@ -227,12 +228,12 @@ class Serving:
         use = self._record("completions", finals, [len(p) for p in prompts], t0)
         return JSONResponse(fmt.envelope("text_completion", rid, req.model, choices, use))
 
-    async def _completion_events(self, req, prompts, params, rid, t0, echo) -> AsyncIterator[str]:
+    async def _completion_events(self, req, prompts, params, rid, t0, echo, lora_request) -> AsyncIterator[str]:
         created = int(time.time())
         sent_text: dict[int, int] = {}
         sent_lp: dict[int, int] = {}
         finals: dict[int, RequestOutput] = {}
-        async for i, out in merged(self.model.llm, prompts, params, rid):
+        async for i, out in merged(self.model.llm, prompts, params, rid, lora_request=lora_request):
             finals[i] = out
             for c in out.outputs:
                 idx = i * req.n + c.index
