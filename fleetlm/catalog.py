@@ -24,7 +24,11 @@ class Target(Protocol):
 
 
 class Catalog:
-    def __init__(self, targets: list[Target]):
+    """Fixed Targets by id, plus `sources` that make Targets on demand (LoRA adapters:
+    `<base>:<adapter>`), each with `resolve(model) -> Target | None` and `cards(created)`."""
+
+    def __init__(self, targets: list[Target], sources=()):
+        self.sources = list(sources)
         self.targets: dict[str, Target] = {}
         for t in targets:
             if t.model_id in self.targets:
@@ -33,10 +37,15 @@ class Catalog:
 
     def resolve(self, model: str) -> Target:
         target = self.targets.get(model)
+        for source in self.sources:
+            if target is not None:
+                break
+            target = source.resolve(model)
         if target is None:
             raise APIError(404, f"The model {model!r} does not exist; see GET /v1/models", param="model",
                            code="model_not_found")
         return target
 
     def cards(self, created: int) -> list[dict]:
-        return [t.card(created) for t in self.targets.values()]
+        return [t.card(created) for t in self.targets.values()] + [
+            card for source in self.sources for card in source.cards(created)]

@@ -73,6 +73,12 @@ class ServerConfig:
     max_body_bytes: int = 8 * 2**20  # larger request bodies get 413
     enable_embeddings: bool = True  # serve all-MiniLM-L6-v2 on /v1/embeddings
     shutdown_timeout_s: float = 30.0  # graceful shutdown: in-flight requests get this long
+    # LoRA adapters (engine started with enable_lora): each sub-folder is served as
+    # `<model id>:<folder name>`; the folder is rescanned at most every adapter_rescan_s.
+    adapters_dir: str | None = None
+    adapter_rescan_s: float = 2.0
+    # Tool budget: requests with more tools keep the most relevant max_tools (None: all).
+    max_tools: int | None = None
 
     def __post_init__(self):
         if not 0 < self.port < 65536:
@@ -180,18 +186,20 @@ class FleetFile:
     routers: list[RouterConfig]
     pools: list[PoolConfig] = dataclasses.field(default_factory=list)
     devices: list[dict] = dataclasses.field(default_factory=list)  # validated by fleetlm.hardware.devices
+    tool_agents: list = dataclasses.field(default_factory=list)  # compound.programs.tool_agent.ToolAgentConfig
 
 
 def load_fleet_toml(path: str) -> FleetFile:
-    """Read `[[upstream]]`, `[[router]]`, `[[pool]]` and `[[device]]` tables from a fleet.toml;
-    unknown tables or keys are errors."""
+    """Read `[[upstream]]`, `[[router]]`, `[[pool]]`, `[[device]]` and `[[tool_agent]]` tables
+    from a fleet.toml; unknown tables or keys are errors."""
     import tomllib
 
     with open(path, "rb") as f:
         data = tomllib.load(f)
-    unknown = sorted(set(data) - {"upstream", "router", "pool", "device"})
+    known = ("upstream", "router", "pool", "device", "tool_agent")
+    unknown = sorted(set(data) - set(known))
     if unknown:
-        raise ValueError(f"{path}: unknown table(s) {', '.join(unknown)}; known: upstream, router, pool, device")
+        raise ValueError(f"{path}: unknown table(s) {', '.join(unknown)}; known: {', '.join(known)}")
     ups = [UpstreamConfig.from_dict(u) for u in data.get("upstream", [])]
     routers = [RouterConfig.from_dict(r) for r in data.get("router", [])]
     for kind, names in (("upstream", [u.name for u in ups]), ("router", [r.name for r in routers])):
@@ -208,4 +216,11 @@ def load_fleet_toml(path: str) -> FleetFile:
 
         for d in devices:
             Device.from_dict(dict(d))  # unknown keys and bad values are errors now, not at plan time
-    return FleetFile(ups, routers, pools, devices)
+    agents = []
+    if data.get("tool_agent"):
+        from fleetlm.compound.programs.tool_agent import ToolAgentConfig
+
+        agents = [ToolAgentConfig.from_dict(dict(t)) for t in data["tool_agent"]]
+        if len({a.name for a in agents}) != len(agents):
+            raise ValueError(f"{path}: tool_agent names must be unique")
+    return FleetFile(ups, routers, pools, devices, agents)

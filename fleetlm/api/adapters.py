@@ -16,10 +16,28 @@ import threading
 import time
 from pathlib import Path
 
+from pydantic import BaseModel, ConfigDict, StrictStr
+
 from fleetlm.api.errors import APIError
 from fleetlm.engine.lora import LoRARequest
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+class LoadLoRARequest(BaseModel):
+    """Body of POST /v1/load_lora_adapter (vLLM's shape)."""
+
+    model_config = ConfigDict(extra="forbid")
+    lora_name: StrictStr
+    lora_path: StrictStr
+
+
+class UnloadLoRARequest(BaseModel):
+    """Body of POST /v1/unload_lora_adapter (vLLM's shape; lora_int_id is accepted and ignored)."""
+
+    model_config = ConfigDict(extra="forbid")
+    lora_name: StrictStr
+    lora_int_id: int | None = None
 
 
 class AdapterRegistry:
@@ -83,3 +101,45 @@ class AdapterRegistry:
             if name in self._from_dir:
                 self._hidden.add(name)
         self.pool.unload(name)
+
+
+class AdapterTarget:
+    """`<base>:<adapter>` as a catalog Target: the local engine's Serving with the adapter."""
+
+    def __init__(self, serving, model_id: str, lora: LoRARequest):
+        self.serving, self.model_id, self.lora = serving, model_id, lora
+
+    def card(self, created: int) -> dict:
+        return {"id": self.model_id, "object": "model", "created": created, "owned_by": "fleetlm",
+                "parent": self.serving.model.model_id, "root": self.lora.path,
+                "max_model_len": self.serving.model.max_model_len}
+
+    async def chat(self, req, raw):
+        return await self.serving.chat(req, raw, lora_request=self.lora)
+
+    async def complete(self, req, raw):
+        return await self.serving.complete(req, raw, lora_request=self.lora)
+
+
+class AdapterSource:
+    """Catalog entries made on demand: `<base>:<name>` for every registered adapter."""
+
+    def __init__(self, serving, registry: AdapterRegistry):
+        self.serving, self.registry = serving, registry
+        self.base = serving.model.model_id
+
+    def resolve(self, model: str) -> AdapterTarget | None:
+        base, sep, name = model.partition(":")
+        if not sep or base != self.base:
+            return None
+        return AdapterTarget(self.serving, model, self.registry.get(name, model))
+
+    def cards(self, created: int) -> list[dict]:
+        out = []
+        for name in self.registry.names():
+            try:
+                out.append(AdapterTarget(self.serving, f"{self.base}:{name}",
+                                         self.registry.get(name, name)).card(created))
+            except APIError:  # removed between listing and lookup
+                pass
+        return out

@@ -15,6 +15,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
+from fleetlm.api.adapters import AdapterRegistry, AdapterSource, LoadLoRARequest, UnloadLoRARequest
 from fleetlm.api.errors import APIError, error_response, install_error_handlers
 from fleetlm.api.metrics import Metrics
 from fleetlm.api.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
@@ -98,15 +99,18 @@ def build_routers(configs, by_id: dict, metrics: Metrics) -> list[RouterTarget]:
 
 
 def create_app(config: ServerConfig, llm: AsyncLLM, *, model_id: str, embedder=None,
-               structured=None, upstreams=(), routers=(), pools=()) -> FastAPI:
+               structured=None, upstreams=(), routers=(), pools=(), tool_agents=()) -> FastAPI:
     """upstreams: `UpstreamConfig`s whose models are served as upstream/<name>/<model>;
     routers: `RouterConfig`s served as router/<name> over those (and the local) Targets;
-    pools: `PoolConfig`s, one model id over several Targets, routed by prompt length."""
+    pools: `PoolConfig`s, one model id over several Targets, routed by prompt length;
+    tool_agents: `ToolAgentConfig`s served as compound/<name>. With an engine started with
+    LoRA, adapters are served as <model_id>:<adapter> (config.adapters_dir, and
+    /v1/load_lora_adapter at run time)."""
     metrics = Metrics()
     metrics.bind_engine(llm.engine)
     created = int(time.time())
     local = LocalModel(model_id, llm, created)
-    serving = Serving(local, metrics, structured=structured)
+    serving = Serving(local, metrics, structured=structured, max_tools=config.max_tools)
     clients = []
     targets = [LocalTarget(serving)]
     for up in upstreams:
@@ -119,7 +123,18 @@ def create_app(config: ServerConfig, llm: AsyncLLM, *, model_id: str, embedder=N
 
         targets += build_pools(pools, {t.model_id: t for t in targets},
                                on_served=lambda r, m: metrics.routed.labels(r, m).inc())
-    catalog = Catalog(targets)
+    if tool_agents:  # last: a planner or joiner may be a router or a pool
+        from fleetlm.compound.programs.tool_agent import build_tool_agent
+
+        by_id = {t.model_id: t for t in targets}
+        targets += [build_tool_agent(cfg, by_id, embedder=embedder) for cfg in tool_agents]
+    adapters = None
+    if llm.engine.lora_pool is not None:
+        adapters = AdapterRegistry(llm.engine.lora_pool, adapters_dir=config.adapters_dir,
+                                   rescan_s=config.adapter_rescan_s)
+    elif config.adapters_dir:
+        raise ValueError("adapters_dir needs an engine started with LoRA support (enable_lora)")
+    catalog = Catalog(targets, sources=[AdapterSource(serving, adapters)] if adapters else [])
 
     @asynccontextmanager
     async def lifespan(_app):
@@ -178,11 +193,31 @@ def create_app(config: ServerConfig, llm: AsyncLLM, *, model_id: str, embedder=N
         return {"object": "list", "data": data}
 
     def target_for(req):
-        """The catalog Target for req.model; the local engine also passes admission control."""
+        """The catalog Target for req.model; the local engine (base model, adapters, compound
+        programs that call it) also passes admission control."""
         target = catalog.resolve(req.model)
-        if target.model_id == model_id:
+        if target.model_id == model_id or getattr(target, "serving", None) is serving \
+                or target.model_id.startswith("compound/"):
             admit()
         return target
+
+    def registry() -> AdapterRegistry:
+        if adapters is None:
+            raise APIError(400, "this server's engine was started without LoRA support "
+                                "(fleet serve --enable-lora or --adapters-dir)")
+        return adapters
+
+    @app.post("/v1/load_lora_adapter")
+    async def load_lora_adapter(req: LoadLoRARequest) -> Response:
+        """vLLM's runtime adapter loading: validated (in a worker thread) before it is listed."""
+        lora = await asyncio.to_thread(registry().load, req.lora_name, req.lora_path)
+        return PlainTextResponse(f"Success: LoRA adapter '{lora.name}' added successfully "
+                                 f"as model {model_id}:{lora.name}.")
+
+    @app.post("/v1/unload_lora_adapter")
+    async def unload_lora_adapter(req: UnloadLoRARequest) -> Response:
+        registry().unload(req.lora_name)
+        return PlainTextResponse(f"Success: LoRA adapter '{req.lora_name}' removed successfully.")
 
     @app.post("/v1/chat/completions")
     async def chat(req: ChatCompletionRequest, raw: Request) -> Response:

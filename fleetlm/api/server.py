@@ -43,7 +43,8 @@ def build_app(engine_config: EngineConfig, server_config: ServerConfig, fleet_fi
     return create_app(server_config, llm, model_id=model_id, embedder=embedder, structured=structured,
                       upstreams=fleet_file.upstreams if fleet_file else (),
                       routers=fleet_file.routers if fleet_file else (),
-                      pools=fleet_file.pools if fleet_file else ())
+                      pools=fleet_file.pools if fleet_file else (),
+                      tool_agents=fleet_file.tool_agents if fleet_file else ())
 
 
 def serve(engine_config: EngineConfig, server_config: ServerConfig, fleet_file=None) -> None:

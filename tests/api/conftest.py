@@ -34,13 +34,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(model_folder, *, embedder=None, structured=None, upstreams=(), routers=(), **server_kw):
+def start_server(model_folder, *, embedder=None, structured=None, upstreams=(), routers=(), pools=(),
+                 tool_agents=(), engine_kw: dict | None = None, **server_kw):
+    """engine_kw: extra EngineConfig fields (e.g. enable_lora); server_kw: ServerConfig fields."""
     import uvicorn
 
-    llm = AsyncLLM(EngineConfig(model=str(model_folder), dtype="float32", max_model_len=256))
+    llm = AsyncLLM(EngineConfig(model=str(model_folder), dtype="float32", max_model_len=256, **(engine_kw or {})))
     config = ServerConfig(port=free_port(), **server_kw)
     app = create_app(config, llm, model_id="tiny", embedder=embedder, structured=structured,
-                     upstreams=upstreams, routers=routers)
+                     upstreams=upstreams, routers=routers, pools=pools, tool_agents=tool_agents)
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=config.port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
