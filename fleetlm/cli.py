@@ -8,6 +8,7 @@ no work happens at import.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -72,10 +73,11 @@ def cmd_serve(args) -> int:
     from fleetlm.api.server import serve
     from fleetlm.config import ServerConfig
 
-    engine = _engine_config(args)
-    engine.max_num_seqs = args.max_num_seqs
-    engine.max_num_batched_tokens = args.max_num_batched_tokens
-    server = ServerConfig(host=args.host, port=args.port,
+    engine = dataclasses.replace(  # replace() validates the new values too
+        _engine_config(args), max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
+        enable_lora=args.enable_lora or bool(args.adapters_dir), max_loras=args.max_loras,
+        max_lora_rank=args.max_lora_rank)
+    server = ServerConfig(host=args.host, port=args.port, adapters_dir=args.adapters_dir, max_tools=args.max_tools,
                           api_key=args.api_key or os.environ.get("FLEETLM_API_KEY") or None,
                           served_model_name=args.served_model_name,
                           max_pending_requests=args.max_pending_requests,
@@ -227,9 +229,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-num-batched-tokens", type=int, default=512)
     s.add_argument("--max-pending-requests", type=int, default=256)
     s.add_argument("--no-embeddings", action="store_true", help="do not load all-MiniLM-L6-v2")
+    s.add_argument("--enable-lora", action="store_true",
+                   help="serve LoRA adapters as <model>:<adapter> (implied by --adapters-dir)")
+    s.add_argument("--adapters-dir", default=None,
+                   help="folder of PEFT adapters, one sub-folder each; watched for new ones")
+    s.add_argument("--max-loras", type=int, default=8, help="adapters resident at once (LRU from disk)")
+    s.add_argument("--max-lora-rank", type=int, default=64)
+    s.add_argument("--max-tools", type=int, default=None,
+                   help="requests with more tools keep only the most relevant N (tool retrieval)")
     s.add_argument("--config", default=None,
                    help="fleet.toml with [[upstream]] servers (upstream/<name>/<model>), "
-                        "[[router]]s (router/<name>) and [[pool]]s (one model id, routed by prompt length)")
+                        "[[router]]s (router/<name>), [[pool]]s (one model id, routed by prompt length) "
+                        "and [[tool_agent]]s (compound/<name>)")
     s.set_defaults(func=cmd_serve)
 
     from fleetlm.compound.router.cli import add_router_parser
