@@ -1,0 +1,115 @@
+"""Function-calling SFT data (fleetlm.tune.datagen.fc): every gold call validates against its
+tool's schema, every kind of example occurs, rows load as `fleet tune sft` data, and no tool
+name is a BFCL function name (BFCL is read here only to check that)."""
+
+import json
+import re
+from pathlib import Path
+
+import jsonschema
+import pytest
+
+from fleetlm.tune.data import parse_example, plain_messages
+from fleetlm.tune.datagen import fc
+from fleetlm.tune.datagen.fc_specs import SPECS
+
+SHARED = Path(__file__).resolve().parents[3] / "shared" / "data" / "function_calling"
+needs_data = pytest.mark.skipif(not (SHARED / "nestful").is_dir(),
+                                reason="public data not found at ../shared/data (see ../shared/data/SOURCES.md)")
+
+
+def _calls(row):
+    return row["messages"][-1].get("tool_calls") or []
+
+
+def _check_rows(rows):
+    for row in rows:
+        parse_example(row)  # the SFT loader's own validation
+        tools = {t["function"]["name"]: t["function"]["parameters"] for t in row["tools"]}
+        assert len(tools) == len(row["tools"]), "duplicate tool names in one example"
+        for call in _calls(row):
+            name = call["function"]["name"]
+            assert name in tools, f"call to {name} which is not among the example's tools"
+            jsonschema.validate(json.loads(call["function"]["arguments"]), tools[name])
+        if not _calls(row):
+            assert row["messages"][-1]["content"] in fc.REFUSALS
+
+
+def test_templated_only_rows_are_valid_and_cover_every_kind(tmp_path):
+    rows = fc.generate_rows(300, seed=3, root=tmp_path)  # no data there: templated functions only
+    _check_rows(rows)
+    n_calls = [len(_calls(r)) for r in rows]
+    assert 0 in n_calls and 1 in n_calls and max(n_calls) >= 2
+    multi_tool = [r for r in rows if len(_calls(r)) == 1 and len(r["tools"]) > 1]
+    assert multi_tool, "no example chooses among several tools"
+    parallel_same = [r for r in rows if len({c["function"]["name"] for c in _calls(r)}) == 1 < len(_calls(r))]
+    parallel_diff = [r for r in rows if len({c["function"]["name"] for c in _calls(r)}) > 1]
+    assert parallel_same and parallel_diff
+
+
+def test_deterministic_for_a_seed(tmp_path):
+    assert fc.generate_rows(20, seed=1, root=tmp_path) == fc.generate_rows(20, seed=1, root=tmp_path)
+    assert fc.generate_rows(20, seed=1, root=tmp_path) != fc.generate_rows(20, seed=2, root=tmp_path)
+
+
+def test_values_are_copied_from_the_question(tmp_path):
+    """Every required string/number argument of a single call appears in the user's text."""
+    for row in fc.generate_rows(200, seed=5, root=tmp_path):
+        calls = _calls(row)
+        if len(calls) != 1:
+            continue
+        question = row["messages"][-2]["content"]
+        for value in json.loads(calls[0]["function"]["arguments"]).values():
+            if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+                assert str(value) in question, (value, question)
+
+
+def test_optional_parameters_sometimes_left_out(tmp_path):
+    spec = next(s for s in SPECS if s.name == "hotel_room_search")
+    source = fc.own_source(spec)
+    import random
+
+    r = random.Random(0)
+    seen = [set(source.sample(r)[1]) for _ in range(60)]
+    assert any("guests" in s for s in seen) and any("guests" not in s for s in seen)
+    assert all({"city", "check_in", "nights"} <= s for s in seen)
+
+
+def test_rows_render_as_the_server_renders_them(tmp_path):
+    row = next(r for r in fc.generate_rows(30, seed=0, root=tmp_path) if _calls(r))
+    text = "\n".join(m["content"] for m in plain_messages(row["messages"], row["tools"]))
+    assert "<tools>" in text and '<tool_call>{"name":' in text
+
+
+def test_bad_n_is_a_clear_error(tmp_path, capsys):
+    assert fc.main(["--out", str(tmp_path / "x.jsonl"), "--n", "0"]) == 2
+    assert "n must be >= 1" in capsys.readouterr().err
+
+
+def _bfcl_names() -> set[str]:
+    names = set()
+    for path in list((SHARED / "bfcl").glob("BFCL_v4_*.json")) + list((SHARED / "bfcl").glob("multi_turn_func_doc/*")):
+        for line in path.read_text().splitlines():
+            if line.strip():
+                row = json.loads(line)
+                for doc in row.get("function") or ([row] if "name" in row else []):
+                    names.add(doc["name"])
+    legal = {re.sub(r"[^a-zA-Z0-9_-]", "_", n) for n in names}  # as the harness sends them
+    return {n.lower() for n in names | legal | {n.split(".")[-1] for n in names}}
+
+
+@needs_data
+def test_full_mix_valid_and_no_bfcl_function_names(tmp_path):
+    if not (SHARED / "bfcl").is_dir():
+        pytest.skip("BFCL data not found at ../shared/data")
+    rows = fc.generate_rows(400, seed=0)
+    _check_rows(rows)
+    bfcl = _bfcl_names()
+    assert len(bfcl) > 500
+    # every tool that can ever appear, not just the ones this sample drew
+    every = {s.name for s in SPECS} | {s.name for s in fc.nestful_sources(SHARED)}
+    every |= {t["function"]["name"] for t in fc.metatool_tools(SHARED)}
+    every |= {t["function"]["name"] for r in rows for t in r["tools"]}
+    clash = sorted(n for n in every if n.lower() in bfcl)
+    assert not clash, f"tool names shared with BFCL: {clash}"
+    assert any(s.domain == "nestful" for s in fc.nestful_sources(SHARED))
