@@ -102,3 +102,42 @@ def test_select_tools_budgets():
         select_tools("q", TOOLS, max_tools=0)
     with pytest.raises(ValueError, match="keep names"):
         select_tools("q", TOOLS, max_tools=1, keep=("nope",))
+
+
+@pytest.mark.slow
+def test_metatool_target_on_a_slice_of_the_split():
+    """Done-point 2 on a slice: learn from 4,000 single-tool + all two-tool queries of the
+    training half, score 800 single-tool and every two-tool query of the test half (the full
+    run is benchmarks/tool_retrieval.py). Real MiniLM; about 5,000 embeddings."""
+    import csv
+    import json
+
+    from fleetlm.compound.tools.retrieval import minilm_encoder
+    from fleetlm.evals.bfcl import default_root
+
+    root = default_root().parent / "metatool"
+    if not root.is_dir():
+        pytest.skip(f"MetaTool data not found at {root} (see ../shared/data/SOURCES.md)")
+    desc = json.loads((root / "plugin_des.json").read_text())
+    tools = [{"type": "function", "function": {"name": n, "description": d}} for n, d in desc.items()]
+    with open(root / "all_clean_data.csv", newline="") as f:
+        single = [(r["Query"], [r["Tool"]]) for r in csv.DictReader(f)]
+    two = [(r["query"], r["tool"]) for r in json.loads((root / "multi_tool_query_golden.json").read_text())]
+    rng = np.random.default_rng(0)  # the benchmark's split
+    halves = []
+    for rows in (single, two):
+        p = rng.permutation(len(rows))
+        halves.append(([rows[i] for i in p[: len(p) // 2]], [rows[i] for i in p[len(p) // 2:]]))
+    (s_train, s_test), (t_train, t_test) = halves
+    train = s_train[:4000] + t_train
+    weights = RetrievalWeights(dense=0.25, lexical=0.2, knn=1.0, centroid=0.5, knn_m=5)
+    r = ToolRetriever(minilm_encoder(), weights=weights).fit([q for q, _ in train], [g for _, g in train])
+    names = [t["function"]["name"] for t in tools]
+
+    def all_in_top5(query, gold):
+        top = r.rank(query, tools)[:5]
+        return all(names.index(g) in top for g in gold)
+
+    single_r5 = np.mean([all_in_top5(q, g) for q, g in s_test[:800]])
+    two_all5 = np.mean([all_in_top5(q, g) for q, g in t_test])
+    assert single_r5 >= 0.90 and two_all5 >= 0.70, (single_r5, two_all5)

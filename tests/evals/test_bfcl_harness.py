@@ -155,3 +155,18 @@ def test_gold_answers_served_over_http_score_100(category):
     transport, _ = fake_server(answer)
     results = run(transport, questions, concurrency=4)
     assert [r.id for r in results if not r.valid] == []
+
+
+@pytest.mark.slow
+def test_multi_turn_questions_load_and_convert():
+    from fleetlm.evals.bfcl import default_root
+
+    if not (default_root() / "BFCL_v4_multi_turn_base.json").is_file():
+        pytest.skip(f"BFCL multi-turn data not found under {default_root()}")
+    questions = load_category("multi_turn_base", limit=20)
+    for q in questions:
+        assert len(q.turns) == len(q.ground_truth) > 1 and q.functions
+        tools = to_openai_tools(q.functions)
+        for t in tools.tools:
+            jsonschema.Draft202012Validator.check_schema(t["function"]["parameters"])
+        assert {tools.bfcl_name(t["function"]["name"]) for t in tools.tools} == {d["name"] for d in q.functions}

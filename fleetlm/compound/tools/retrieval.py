@@ -69,25 +69,28 @@ def tool_text(tool: dict) -> str:
 
 
 class BM25:
-    """Okapi BM25 over a small corpus of token lists (k1, b as in Lucene's defaults)."""
+    """Okapi BM25 over a small corpus (k1, b as in Lucene's defaults).
 
-    def __init__(self, docs: list[list[str]], *, k1: float = 1.2, b: float = 0.75):
+    ``docs`` are token lists or their ``Counter``s (a caller that caches them skips recounting).
+    """
+
+    def __init__(self, docs: list[list[str] | Counter], *, k1: float = 1.2, b: float = 0.75):
         self.k1, self.b = k1, b
-        self.tfs = [Counter(d) for d in docs]
-        self.lengths = np.array([len(d) for d in docs], dtype=np.float64)
+        self.tfs = [d if isinstance(d, Counter) else Counter(d) for d in docs]
+        self.lengths = np.array([d.total() if isinstance(d, Counter) else len(d) for d in docs], dtype=np.float64)
         self.avg = float(self.lengths.mean()) if docs and self.lengths.sum() else 1.0
-        self.df = Counter(t for tf in self.tfs for t in tf)
 
     def scores(self, query: list[str]) -> np.ndarray:
         n = len(self.tfs)
         out = np.zeros(n)
         norm = self.k1 * (1 - self.b + self.b * self.lengths / self.avg)  # (n,)
         for term in set(query):
-            df = self.df.get(term, 0)
+            # Document frequency of the query's terms only: the corpus changes per request.
+            tf = np.fromiter((t.get(term, 0) for t in self.tfs), dtype=np.float64, count=n)
+            df = int(np.count_nonzero(tf))
             if not df:
                 continue
             idf = math.log(1 + (n - df + 0.5) / (df + 0.5))
-            tf = np.array([t.get(term, 0) for t in self.tfs], dtype=np.float64)
             out += idf * tf * (self.k1 + 1) / (tf + norm)
         return out
 
@@ -165,7 +168,7 @@ class ToolRetriever:
             weights = RetrievalWeights(dense=0.0, lexical=1.0)  # nothing to embed with
         self.encode, self.weights, self.cache_size = encode, weights, cache_size
         self._vectors: OrderedDict[str, np.ndarray] = OrderedDict()  # content hash -> (d,)
-        self._tokens: OrderedDict[str, list[str]] = OrderedDict()
+        self._counts: OrderedDict[str, Counter] = OrderedDict()  # content hash -> term counts
         self._examples: _Examples | None = None
 
     def fit(self, queries: list[str], labels: list[list[str]], *, vectors: np.ndarray | None = None) -> ToolRetriever:
@@ -186,7 +189,8 @@ class ToolRetriever:
         w, out = self.weights, {}
         texts = [tool_text(t) for t in tools]
         if w.lexical:
-            bm = BM25([self._cached(self._tokens, t, tokenize) for t in texts]).scores(tokenize(query))
+            counts = [self._cached(self._counts, t, lambda x: Counter(tokenize(x))) for t in texts]
+            bm = BM25(counts).scores(tokenize(query))
             out["lexical"] = bm / bm.max() if bm.max() > 0 else bm
         if w.dense or w.knn or w.centroid:
             q = self.encode([query])[0]
