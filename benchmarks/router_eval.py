@@ -7,7 +7,7 @@ model, random, oracle, the λ-sweep curve, AIQ, APGR/CPT for one strong/weak pai
 embedding included. Writes ``benchmarks/results/router_eval.txt`` and one Pareto PNG per data
 set (``router_eval_<data>.png``, needs matplotlib).
 
-    .venv/bin/python benchmarks/router_eval.py [--policy blend] [--param k=v ...]
+    .venv/bin/python benchmarks/router_eval.py [--policy cluster] [--param k=v ...]
 """
 
 from __future__ import annotations
@@ -43,8 +43,9 @@ def run(data: str, policy: str, params: dict, encoder: RoutingEncoder, out: list
         router.save(tmp)
         router = Router.load(tmp, embedder=encoder.embedder)
     arrays = to_arrays(test, router.models)
-    P = router.quality(router.embed(arrays.prompts))
-    report = evaluate(P, arrays.scores, arrays.costs, router.cost_norm, router.models, pair=PAIRS[data])
+    X = router.embed(arrays.prompts)
+    report = evaluate(router.quality(X), arrays.scores, arrays.costs, router.cost_weights(X),
+                      router.models, pair=PAIRS[data])
     png = RESULTS / f"router_eval_{data}.png"
     try:
         plot_pareto(report, png, title=f"{data}: {policy} router (train split) on the test split")
@@ -71,7 +72,7 @@ def run(data: str, policy: str, params: dict, encoder: RoutingEncoder, out: list
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--policy", default="blend")
+    ap.add_argument("--policy", default="cluster")
     ap.add_argument("--param", action="append", default=[], help="policy KEY=VALUE (JSON value)")
     ap.add_argument("--data", nargs="+", default=list(PAIRS))
     args = ap.parse_args(argv)

@@ -2,6 +2,8 @@
 embedding model needed: the router is driven with embeddings directly), plus one round trip
 through the real MiniLM encoder."""
 
+import json
+
 import numpy as np
 import pytest
 
@@ -104,3 +106,76 @@ def test_rank_breaks_ties_toward_the_cheaper_model():
     router = Router(["pricey", "cheap", "mid"], Flat(), [9.0, 1.0, 3.0], lam=0.0)
     router.embed = lambda prompts: np.zeros((len(prompts), 4), np.float32)
     assert router.rank("anything") == ["cheap", "mid", "pricey"]
+
+
+# -- clusters and the per-query cost model ---------------------------------------------------
+
+from fleetlm.compound.router.clusters import ClusterTable, assign, kmeans  # noqa: E402
+
+
+def _blobs(seed=0, per=50):
+    """Three well-separated groups of unit vectors in 8-d."""
+    rng = np.random.default_rng(seed)
+    centres = np.eye(8, dtype=np.float32)[:3] * 5
+    X = np.concatenate([c + rng.normal(scale=0.3, size=(per, 8)) for c in centres]).astype(np.float32)
+    return X, np.repeat(np.arange(3), per)
+
+
+def test_kmeans_recovers_separated_groups_deterministically():
+    X, truth = _blobs()
+    C = kmeans(X, 3, seed=1)
+    labels = assign(X, C)
+    # Each true group maps to exactly one cluster and vice versa.
+    assert {(t, lab) for t, lab in zip(truth, labels)} == {(t, labels[truth == t][0]) for t in range(3)}
+    assert len(set(labels)) == 3
+    np.testing.assert_array_equal(kmeans(X, 3, seed=1), C)
+    assert len(kmeans(X[:2], 5)) == 2  # capped at the distinct rows
+    with pytest.raises(ValueError):
+        kmeans(X, 0)
+
+
+def test_cluster_table_shrinks_small_clusters_toward_the_global_mean():
+    X, truth = _blobs(per=40)
+    V = np.stack([truth == 0, truth == 1], axis=1).astype(np.float64)  # (n, 2)
+    raw = ClusterTable(clusters=3, shrink=0.0).fit(X, V)
+    assert sorted(map(tuple, raw.table.round(6))) == [(0, 0), (0, 1), (1, 0)]
+    shrunk = ClusterTable(clusters=3, shrink=40.0).fit(X, V)
+    # (40 · 1 + 40 · 1/3) / (40 + 40) = 2/3 for a group's own column, 1/6 for the others.
+    row = shrunk.predict(X[truth == 0][:1])[0]
+    np.testing.assert_allclose(row, [2 / 3, 1 / 6])
+
+
+def test_per_query_costs_change_the_route_and_survive_save_load(tmp_path):
+    X, truth = _blobs(per=30)
+    X /= np.linalg.norm(X, axis=1, keepdims=True)
+    n = len(X)
+    Y = np.tile([0.6, 0.9], (n, 1))  # "strong" is always better by 0.3
+    # "strong" costs 1 USD in group 0 but 10 USD elsewhere; "cheap" costs 0.1 everywhere.
+    C = np.stack([np.full(n, 0.1), np.where(truth == 0, 1.0, 10.0)], axis=1)
+    cost_model = ClusterTable(clusters=3, shrink=1.0).fit(X, C)
+    router = Router(["cheap", "strong"], POLICIES["knn"](k=5).fit(X, Y), C.mean(0), lam=0.3,
+                    cost_model=cost_model)
+    router.embed = lambda prompts: X[[int(p) for p in prompts]]
+    first0, first1 = int(np.nonzero(truth == 0)[0][0]), int(np.nonzero(truth == 1)[0][0])
+    assert router.rank(str(first0))[0] == "strong"  # 0.9 − 0.3·1/7 beats 0.6
+    assert router.rank(str(first1))[0] == "cheap"  # 0.9 − 0.3·10/7 does not
+    flat = Router(["cheap", "strong"], router.policy, C.mean(0), lam=0.3)
+    assert len(set(flat.scores(X).argmax(1))) == 1  # flat costs: one route for all
+    loaded = Router.load(router.save(tmp_path / "r"))
+    np.testing.assert_array_equal(loaded.scores(X), router.scores(X))
+    np.testing.assert_array_equal(loaded.cost_weights(X), router.cost_weights(X))
+    # Calibrating to a budget uses the per-query costs too.
+    lam = router.calibrate(X, C, budget=1.0)
+    assert C[np.arange(n), router.scores(X).argmax(1)].mean() <= 1.0 and lam > 0
+
+
+def test_router_saved_without_a_cost_model_loads_with_flat_costs(tmp_path):
+    X, Y, _ = _synthetic()
+    router = Router(MODELS, POLICIES["knn"]().fit(X, Y), COST, 0.1)
+    folder = router.save(tmp_path / "old")
+    config = json.loads((folder / "router.json").read_text())
+    del config["cost_model"]  # what routers written before the cost model look like
+    (folder / "router.json").write_text(json.dumps(config))
+    loaded = Router.load(folder)
+    assert loaded.cost_model is None
+    np.testing.assert_array_equal(loaded.cost_weights(X[:3]), np.tile(router.cost_norm, (3, 1)))

@@ -2,6 +2,7 @@
 
 * :mod:`.data` — per-query outcome data (:class:`RoutingExample`) and its loaders.
 * :mod:`.policies` — quality predictors over query embeddings (``POLICIES``).
+* :mod:`.clusters` — k-means and per-cluster tables (the cluster policy, per-query costs).
 * :mod:`.router` — the decision rule (quality − λ·cost), λ calibration, save/load.
 * :mod:`.evaluate` — cost–quality curves and the published metrics (AIQ, APGR, CPT).
 * :mod:`.cli` — ``fleet router train`` / ``fleet router eval``.

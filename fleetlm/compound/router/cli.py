@@ -26,9 +26,11 @@ def add_router_parser(subparsers) -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="fit a router on per-query outcome data (train split)")
     _data_args(t)
-    t.add_argument("--policy", default="blend", help="knn | mf | lr | blend (default blend)")
+    t.add_argument("--policy", default="cluster", help="knn | mf | lr | blend | cluster (default cluster)")
     t.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                    help="policy parameter, JSON value (e.g. --param k=40); repeatable")
+    t.add_argument("--cost-clusters", type=int, default=16,
+                   help="clusters of the per-query cost model; 0 = each model's flat mean cost")
     t.add_argument("--out", required=True, help="router folder to write (e.g. routers/NAME)")
     lam = t.add_mutually_exclusive_group()
     lam.add_argument("--lam", type=float, default=0.0, help="cost weight λ (default 0: quality only)")
@@ -81,7 +83,8 @@ def cmd_train(args) -> int:
     try:
         examples = _load(args, "train")
         router = train_router(examples, policy=args.policy, params=_params(args.param),
-                              data_name=args.data, lam=args.lam)
+                              data_name=args.data, lam=args.lam,
+                              cost_clusters=args.cost_clusters or None)
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -118,8 +121,9 @@ def cmd_eval(args) -> int:
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    P = router.quality(router.embed(arrays.prompts))
-    report = evaluate(P, arrays.scores, arrays.costs, router.cost_norm, router.models, pair=pair)
+    X = router.embed(arrays.prompts)
+    report = evaluate(router.quality(X), arrays.scores, arrays.costs, router.cost_weights(X),
+                      router.models, pair=pair)
     if args.plot:
         plot_pareto(report, args.plot, title=f"{args.router} on {args.data}")
         print(f"plot: {args.plot}")

@@ -58,7 +58,10 @@ class EvalReport:
 
 def sweep(P: np.ndarray, Y: np.ndarray, C: np.ndarray, cost_norm: np.ndarray, models: list[str],
           lams: np.ndarray = LAMBDA_GRID) -> list[CurvePoint]:
-    """One point per λ: route each query to argmax(P − λ·cost_norm); drop repeated routings."""
+    """One point per λ: route each query to argmax(P − λ·cost_norm); drop repeated routings.
+
+    ``cost_norm`` is (M,) (flat per-model costs) or (n, M) (per-query expected costs, what
+    :meth:`.router.Router.cost_weights` returns)."""
     rows, out, seen = np.arange(len(Y)), [], set()
     for lam in lams:
         pick = np.argmax(P - lam * cost_norm, axis=1)

@@ -27,6 +27,11 @@ Policies:
 * ``lr`` — one L2-regularised logistic head per model on the embedding (soft labels allowed).
 * ``blend`` — the mean of ``knn`` and ``lr``: the local average corrects the linear head
   where neighbours are close, the linear head smooths where they are sparse.
+* ``cluster`` — a per-cluster accuracy table (k-means over the training queries, each
+  cluster's per-model mean shrunk toward the global mean; :mod:`.clusters`) blended with
+  ``knn``: the table carries the query-type prior with little noise, the neighbours the
+  per-query deviation. Chosen by 5-fold cross-validation inside routerbench_zs's train split
+  (README, router section).
 """
 
 from __future__ import annotations
@@ -207,9 +212,50 @@ class BlendPolicy:
         return self
 
 
+class ClusterPolicy:
+    """``knn_weight · knn + (1 − knn_weight) · cluster table`` (:class:`.clusters.ClusterTable`)."""
+
+    name = "cluster"
+
+    def __init__(self, clusters: int = 8, shrink: float = 20.0, k: int = 100,
+                 knn_weight: float = 0.5, seed: int = 0):
+        from fleetlm.compound.router.clusters import ClusterTable
+
+        if not 0.0 <= knn_weight <= 1.0:
+            raise ValueError(f"knn_weight must be in [0, 1], got {knn_weight}")
+        self.params = {"clusters": clusters, "shrink": shrink, "k": k, "knn_weight": knn_weight,
+                       "seed": seed}
+        self.table = ClusterTable(clusters=clusters, shrink=shrink, seed=seed)
+        self.knn = KNNPolicy(k=k)
+
+    def fit(self, X: np.ndarray, Y: np.ndarray) -> ClusterPolicy:
+        _check_xy(X, Y)
+        self.table.fit(X, Y)
+        self.knn.fit(X, Y)
+        return self
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        a = self.params["knn_weight"]
+        return (a * self.knn.predict(X) + (1 - a) * self.table.predict(X)).astype(np.float32)
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {**{f"knn.{k}": v for k, v in self.knn.arrays().items()},
+                **{f"table.{k}": v for k, v in self.table.arrays().items()}}
+
+    def load_arrays(self, arrays: dict[str, np.ndarray]) -> ClusterPolicy:
+        self.knn.load_arrays(_part(arrays, "knn."))
+        self.table.load_arrays(_part(arrays, "table."))
+        return self
+
+
+def _part(arrays: dict[str, np.ndarray], prefix: str) -> dict[str, np.ndarray]:
+    return {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}
+
+
 POLICIES = {
     "knn": KNNPolicy,
     "mf": MFPolicy,
     "lr": LogisticPolicy,
     "blend": BlendPolicy,
+    "cluster": ClusterPolicy,
 }
