@@ -37,18 +37,28 @@ from pathlib import Path
 
 import numpy as np
 
-from fleetlm.compound.tools.retrieval import RetrievalWeights, ToolRetriever, select_tools, tool_text
-from fleetlm.evals.bfcl import available_categories, default_root, load_category, to_openai_tools
+from fleetlm.compound.tools.retrieval import (
+    LEARNED_WEIGHTS,
+    RetrievalWeights,
+    ToolRetriever,
+    select_tools,
+)
+from fleetlm.evals.bfcl import (
+    available_categories,
+    default_root,
+    load_category,
+    to_openai_tools,
+)
 
 RESULTS = Path(__file__).parent / "results"
 METATOOL = default_root().parent / "metatool"
 CACHE = Path.home() / ".cache" / "fleetlm" / "tool_retrieval_minilm.npz"
 SEED, K = 0, 5
-FUSED = RetrievalWeights(dense=0.25, lexical=0.2, knn=1.0, centroid=0.5, knn_m=5)  # from --tune
+FUSED = LEARNED_WEIGHTS  # from --tune (see the docstring)
 METHODS = {  # name -> (weights, learned?)
     "bm25": (RetrievalWeights(dense=0.0, lexical=1.0), False),
-    "minilm (descriptions)": (RetrievalWeights(dense=1.0), False),
-    "minilm + bm25": (RetrievalWeights(dense=1.0, lexical=0.2), False),
+    "minilm (descriptions)": (RetrievalWeights(dense=1.0, lexical=0.0), False),
+    "minilm + bm25 (default)": (RetrievalWeights(), False),
     "centroid (learned)": (RetrievalWeights(dense=0.0, centroid=1.0), True),
     "knn m=5 (learned)": (RetrievalWeights(dense=0.0, knn=1.0, knn_m=5), True),
     "fused (learned)": (FUSED, True),

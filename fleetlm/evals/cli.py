@@ -25,7 +25,13 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from fleetlm.evals.bfcl import Question, build_request, load_category, parse_response, to_openai_tools
+from fleetlm.evals.bfcl import (
+    Question,
+    build_request,
+    load_category,
+    parse_response,
+    to_openai_tools,
+)
 from fleetlm.evals.bfcl_checker import check, rule_for
 
 DEFAULT_CATEGORIES = "simple_python,multiple,parallel,parallel_multiple,irrelevance"

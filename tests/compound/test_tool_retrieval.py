@@ -8,8 +8,16 @@ import hashlib
 import numpy as np
 import pytest
 
-from fleetlm.compound.tools.retrieval import (BM25, RetrievalWeights, ToolRetriever, approx_tokens,
-                                              select_tools, tokenize, tool_text)
+from fleetlm.compound.tools.retrieval import (
+    BM25,
+    LEARNED_WEIGHTS,
+    RetrievalWeights,
+    ToolRetriever,
+    approx_tokens,
+    select_tools,
+    tokenize,
+    tool_text,
+)
 
 
 def bow_encoder(calls=None, dim=256):
@@ -130,8 +138,7 @@ def test_metatool_target_on_a_slice_of_the_split():
         halves.append(([rows[i] for i in p[: len(p) // 2]], [rows[i] for i in p[len(p) // 2:]]))
     (s_train, s_test), (t_train, t_test) = halves
     train = s_train[:4000] + t_train
-    weights = RetrievalWeights(dense=0.25, lexical=0.2, knn=1.0, centroid=0.5, knn_m=5)
-    r = ToolRetriever(minilm_encoder(), weights=weights).fit([q for q, _ in train], [g for _, g in train])
+    r = ToolRetriever(minilm_encoder(), weights=LEARNED_WEIGHTS).fit([q for q, _ in train], [g for _, g in train])
     names = [t["function"]["name"] for t in tools]
 
     def all_in_top5(query, gold):

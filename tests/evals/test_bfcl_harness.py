@@ -9,9 +9,23 @@ import jsonschema
 import pytest
 
 from fleetlm.cli import build_parser
-from fleetlm.evals.bfcl import (Question, answer_calls, build_request, convert_schema, load_category,
-                                openai_name, parse_response, to_openai_tools)
-from fleetlm.evals.cli import RunConfig, api_base, format_table, run_questions, summarise
+from fleetlm.evals.bfcl import (
+    Question,
+    answer_calls,
+    build_request,
+    convert_schema,
+    load_category,
+    openai_name,
+    parse_response,
+    to_openai_tools,
+)
+from fleetlm.evals.cli import (
+    RunConfig,
+    api_base,
+    format_table,
+    run_questions,
+    summarise,
+)
 
 DOCS = [
     {"name": "math.hypot", "description": "Euclidean norm.", "parameters": {"type": "dict", "required": ["x"],

@@ -25,15 +25,15 @@ import hashlib
 import json
 import math
 import re
+import threading
 from collections import Counter, OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 
 _WORD = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|\d+")
-_STOP = frozenset("a an and are as at be by can for from get i in is it me my of on or please the "
-                  "this to what which with you your".split())
+_STOP = frozenset(["a", "an", "and", "are", "as", "at", "be", "by", "can", "for", "from", "get", "i", "in", "is", "it", "me", "my", "of", "on", "or", "please", "the", "this", "to", "what", "which", "with", "you", "your"])
 
 
 def tokenize(text: str) -> list[str]:
@@ -61,18 +61,12 @@ def tool_text(tool: dict) -> str:
     parts = [f"{name}: {fn.get('description') or ''}".strip()]
     props = (fn.get("parameters") or {}).get("properties") or {}
     params = [" ".join(_WORD.findall(p)) + (f" ({s['description']})" if isinstance(s, dict)
-                                             and s.get("description") else "")
-              for p, s in props.items()]
-    if params:
-        parts.append("Parameters: " + "; ".join(params))
-    return " ".join(parts)
+                                             and s.get("description") else "") for p, s in props.items()]
+    return " ".join(parts + (["Parameters: " + "; ".join(params)] if params else []))
 
 
 class BM25:
-    """Okapi BM25 over a small corpus (k1, b as in Lucene's defaults).
-
-    ``docs`` are token lists or their ``Counter``s (a caller that caches them skips recounting).
-    """
+    """Okapi BM25 over a small corpus (Lucene's k1, b); ``docs``: token lists or their Counters."""
 
     def __init__(self, docs: list[list[str] | Counter], *, k1: float = 1.2, b: float = 0.75):
         self.k1, self.b = k1, b
@@ -97,8 +91,10 @@ class BM25:
 
 @dataclass(frozen=True)
 class RetrievalWeights:
+    """Signal weights. The defaults (MiniLM + 0.2 BM25) suit tools without examples; a fitted
+    retriever wants :data:`LEARNED_WEIGHTS` (benchmarks/tool_retrieval.py measures both)."""
     dense: float = 1.0
-    lexical: float = 0.0
+    lexical: float = 0.2
     knn: float = 0.0
     centroid: float = 0.0
     knn_m: int = 3  # examples averaged per tool for the knn score
@@ -107,6 +103,9 @@ class RetrievalWeights:
         if min(self.dense, self.lexical, self.knn, self.centroid) < 0 or self.knn_m < 1:
             raise ValueError(f"weights must be >= 0 and knn_m >= 1, got {self}")
 
+
+# Chosen on a validation slice of MetaTool's training half (benchmarks/tool_retrieval.py --tune).
+LEARNED_WEIGHTS = RetrievalWeights(dense=0.25, lexical=0.2, knn=1.0, centroid=0.5, knn_m=5)
 
 Encoder = Callable[[list[str]], np.ndarray]  # texts -> (N, d) float32, rows L2-normalised
 
@@ -147,7 +146,7 @@ class _Examples:
         return cls(vectors, {n: t for t, n in enumerate(by_tool)},
                    np.concatenate([np.array(g) for g in groups]), np.repeat(np.arange(len(groups)), counts),
                    np.concatenate([[0], np.cumsum(counts)[:-1]]), counts,
-                   np.stack([_unit(vectors[g].mean(0)) for g in groups]))
+                   _unit_rows(np.stack([vectors[g].mean(0) for g in groups])))
 
     def scores(self, q: np.ndarray, m: int) -> tuple[np.ndarray, np.ndarray]:
         """(T,) knn scores (mean of each tool's top-m example cosines) and (T,) centroid cosines."""
@@ -170,6 +169,7 @@ class ToolRetriever:
         self._vectors: OrderedDict[str, np.ndarray] = OrderedDict()  # content hash -> (d,)
         self._counts: OrderedDict[str, Counter] = OrderedDict()  # content hash -> term counts
         self._examples: _Examples | None = None
+        self._lock = threading.Lock()
 
     def fit(self, queries: list[str], labels: list[list[str]], *, vectors: np.ndarray | None = None) -> ToolRetriever:
         """Learn from example queries, each labelled with the tool names it needs.
@@ -230,34 +230,40 @@ class ToolRetriever:
 
     def _embed_tools(self, texts: list[str]) -> np.ndarray:
         keys = [_hash(t) for t in texts]
-        missing = list(dict.fromkeys(k for k in keys if k not in self._vectors))
+        with self._lock:  # a server may rank from several threads
+            have = {k: self._vectors[k] for k in keys if k in self._vectors}
+        missing = {k: t for k, t in zip(keys, texts) if k not in have}
         if missing:
-            first = {k: t for k, t in zip(keys, texts)}
-            for k, v in zip(missing, self.encode([first[k] for k in missing])):
-                self._remember(self._vectors, k, np.asarray(v, dtype=np.float32))
-        for k in keys:
-            self._vectors.move_to_end(k)
-        return np.stack([self._vectors[k] for k in keys])
+            have.update(zip(missing, np.asarray(self.encode(list(missing.values())), dtype=np.float32)))
+        with self._lock:
+            for k in dict.fromkeys(keys):
+                self._remember(self._vectors, k, have[k])
+        return np.stack([have[k] for k in keys])
 
     def _cached(self, store: OrderedDict, text: str, compute):
         key = _hash(text)
-        if key not in store:
-            self._remember(store, key, compute(text))
-        store.move_to_end(key)
-        return store[key]
+        with self._lock:
+            value = store.get(key)
+        if value is None:
+            value = compute(text)
+        with self._lock:
+            self._remember(store, key, value)
+        return value
 
     def _remember(self, store: OrderedDict, key: str, value) -> None:
+        """Insert or refresh ``key`` as most recent, evicting the oldest past cache_size."""
         store[key] = value
+        store.move_to_end(key)
         while len(store) > self.cache_size:
             store.popitem(last=False)
 
 
+def _unit_rows(m: np.ndarray) -> np.ndarray:
+    return m / np.maximum(np.linalg.norm(m, axis=1, keepdims=True), 1e-12)
+
+
 def _hash(text: str) -> str:
     return hashlib.sha1(text.encode()).hexdigest()
-
-
-def _unit(v: np.ndarray) -> np.ndarray:
-    return v / max(float(np.linalg.norm(v)), 1e-12)
 
 
 def approx_tokens(tool: dict) -> int:
@@ -276,13 +282,11 @@ def select_tools(query: str, tools: list[dict], *, max_tools: int | None = None,
     too large for the remaining token budget is skipped, not a stop. Raises ValueError on a
     budget < 1 or a ``keep`` name not among the tools.
     """
-    for label, value in (("max_tools", max_tools), ("max_prompt_tokens", max_prompt_tokens)):
-        if value is not None and value < 1:
-            raise ValueError(f"{label} must be >= 1, got {value}")
+    if (max_tools is not None and max_tools < 1) or (max_prompt_tokens is not None and max_prompt_tokens < 1):
+        raise ValueError(f"max_tools and max_prompt_tokens must be >= 1, got {max_tools}, {max_prompt_tokens}")
     names = [tool_name(t) for t in tools]
-    unknown = set(keep) - set(names)
-    if unknown:
-        raise ValueError(f"keep names tools that are not in the list: {sorted(unknown)}")
+    if set(keep) - set(names):
+        raise ValueError(f"keep names tools that are not in the list: {sorted(set(keep) - set(names))}")
     sizes = [count_tokens(t) for t in tools] if max_prompt_tokens is not None else [0] * len(tools)
     if (max_tools is None or len(tools) <= max_tools) and (max_prompt_tokens is None or sum(sizes) <= max_prompt_tokens):
         return list(tools)
