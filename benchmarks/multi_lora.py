@@ -112,6 +112,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="16 requests, 64 output tokens")
     ap.add_argument("--all-linear", action="store_true", help="also 128 adapters on all 7 projections")
+    ap.add_argument("--repeats", type=int, default=1, help="interleaved runs per setting; medians reported")
     ap.add_argument("--peft-requests", type=int, default=8,
                     help="requests for the PEFT baseline (it runs one at a time; tok/s is what counts)")
     args = ap.parse_args()
@@ -128,16 +129,24 @@ def main() -> int:
                 ("128 adapters", qv)]
         if args.all_linear:
             runs.append(("128 adapters, all 7 projections", write_adapters(Path(tmp) / "all", base, 128, ALL)))
-        for name, adapters in runs:
-            print(f"fleetlm: {name} ...", flush=True)
-            rows.append((f"fleetlm, {name}", isolated(run_engine, str(base), prompts, max_tokens, adapters)))
+        measured: dict[str, list[dict]] = {name: [] for name, _ in runs}
+        for rep in range(args.repeats):  # interleaved, so a busy moment hits every setting alike
+            for name, adapters in runs:
+                print(f"fleetlm: {name} (run {rep + 1}/{args.repeats}) ...", flush=True)
+                measured[name].append(isolated(run_engine, str(base), prompts, max_tokens, adapters))
+        for name, _ in runs:
+            rs = measured[name]
+            rows.append((f"fleetlm, {name}", {k: statistics.median(r[k] for r in rs) for k in rs[0]}))
         k = min(args.peft_requests, n_req)
         print(f"transformers + PEFT set_adapter per request ({k} requests, 8 adapters loaded) ...", flush=True)
         rows.append(("transformers+PEFT, set_adapter per request",
                      isolated(run_peft_switching, str(base), prompts[:k], max_tokens, qv)))
     base_tok_s = rows[0][1]["tok_s"]
+    import os
+
     lines = [f"multi-LoRA throughput, gemma-3-270m, {n_req} requests x {max_tokens} tokens, rank 16 "
-             f"(q_proj, v_proj unless stated), torch threads {torch.get_num_threads()}",
+             f"(q_proj, v_proj unless stated), torch threads {torch.get_num_threads()}, medians of "
+             f"{args.repeats} interleaved runs, load average at the end {os.getloadavg()[0]:.1f}",
              f"{'engine':58s} {'tok/s':>8s} {'/ base':>7s} {'TTFT p50 s':>11s}"]
     for name, r in rows:
         lines.append(f"{name:58s} {r['tok_s']:8.1f} {r['tok_s'] / base_tok_s:7.2f} {r['ttft']:11.2f}")
