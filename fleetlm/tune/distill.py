@@ -24,6 +24,7 @@ query is written as e.g. ``"Customer: ...\nPip:"``, usually with ``--stop "\n"``
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import json
@@ -133,21 +134,25 @@ def _common_prefix(seqs: list[list[int]]) -> int:
     return n
 
 
-def teacher_logprobs(model, items: list[DistillItem], dtype: str):
-    """Yield (item, (len(answer), vocab) fp32 log-probs of the teacher over the answer tokens).
-    The prompt prefix shared by all items (the system prompt) is run once; its KV is copied
-    for each item (HF caches are mutated by a forward)."""
+def teacher_logprobs(model, items: list[DistillItem], dtype: str, ctx=contextlib.nullcontext):
+    """Yield (item, (len(answer), vocab) fp32 log-probs of the teacher over the answer tokens),
+    one item at a time. The prompt prefix shared by all items (the system prompt) is run
+    once; its KV is copied for each item (HF caches are mutated by a forward). Each teacher
+    forward runs inside ``ctx()`` (e.g. a PEFT model's ``disable_adapter``); the caller's code
+    between items does not."""
     shared = max(0, min(_common_prefix([it.teacher_prompt for it in items]),
                         min(len(it.teacher_prompt) for it in items) - 1))
-    with torch.no_grad(), autocast(dtype):
-        prefix = model(input_ids=torch.tensor([items[0].teacher_prompt[:shared]]), use_cache=True).past_key_values \
-            if shared else None
-        for it in items:
-            rest = it.teacher_prompt[shared:] + it.answer[:-1]
-            cache = copy.deepcopy(prefix) if prefix is not None else None
+    prefix = None
+    if shared:
+        with torch.no_grad(), autocast(dtype), ctx():
+            prefix = model(input_ids=torch.tensor([items[0].teacher_prompt[:shared]]), use_cache=True).past_key_values
+    for it in items:
+        rest = it.teacher_prompt[shared:] + it.answer[:-1]
+        cache = copy.deepcopy(prefix) if prefix is not None else None
+        with torch.no_grad(), autocast(dtype), ctx():
             logits = model(input_ids=torch.tensor([rest]), past_key_values=cache, use_cache=cache is not None).logits[0]
-            start = len(it.teacher_prompt) - shared - 1  # logits here predict answer[0]
-            yield it, torch.log_softmax(logits[start:start + len(it.answer)].float(), dim=-1)
+        start = len(it.teacher_prompt) - shared - 1  # logits here predict answer[0]
+        yield it, torch.log_softmax(logits[start:start + len(it.answer)].float(), dim=-1)
 
 
 def fill_topk(model, items: list[DistillItem], top_k: int, dtype: str) -> None:

@@ -58,15 +58,13 @@ def full_kl(model, items, dtype: str) -> float:
     from fleetlm.tune.distill import teacher_logprobs
 
     total, n = 0.0, 0
-    with model.disable_adapter():
-        teacher = [lp for _, lp in teacher_logprobs(model, items, dtype)]
-    with torch.no_grad(), autocast(dtype):
-        for it, t in zip(items, teacher):
+    for it, t in teacher_logprobs(model, items, dtype, ctx=model.disable_adapter):
+        with torch.no_grad(), autocast(dtype):
             logits = model(input_ids=torch.tensor([it.student_prompt + it.answer[:-1]])).logits[0]
-            start = len(it.student_prompt) - 1
-            s = torch.log_softmax(logits[start:start + len(it.answer)].float(), dim=-1)
-            total += (t.exp() * (t - s)).sum().item()
-            n += len(it.answer)
+        start = len(it.student_prompt) - 1
+        s = torch.log_softmax(logits[start:start + len(it.answer)].float(), dim=-1)
+        total += (t.exp() * (t - s)).sum().item()
+        n += len(it.answer)
     return total / max(1, n)
 
 
@@ -77,9 +75,13 @@ def held_out_report(llm, model, items, *, adapter: Path, dtype: str, latency_que
 
     lora = LoRARequest(name=Path(adapter).name, path=str(adapter))
     removed = statistics.mean(len(it.teacher_prompt) - len(it.student_prompt) for it in items)
+    log("report: greedy agreement on the engine with the adapter")
     exact, prefix = agreement(llm, items, lora, params)
+    log("report: full-vocabulary KL")
     kl = full_kl(model, items, dtype)
+    log("report: latency, warm (prefix cache on)")
     warm = latency(llm, items, lora, params, latency_queries)
+    log("report: latency, cold (prefix cache off)")
     cold_llm = LLM(str(base_path), dtype=engine_dtype, enable_lora=True, max_loras=2, kv_cache_memory_gb=0.5,
                    enable_prefix_caching=False)
     cold = latency(cold_llm, items, lora, params, latency_queries)

@@ -65,7 +65,7 @@ def user_text(question: str) -> str:
 
 def generate(out: str | Path, *, n_train: int | None = None, n_test: int | None = None, seed: int = 0) -> list[Path]:
     rng = random.Random(seed)
-    n_train, n_test = n_train or 500, n_test or 100
+    n_train, n_test = n_train or 320, n_test or 100
     test, seen = [], set()
     while len(test) < n_test:
         q, sol, ans = _problem(rng)

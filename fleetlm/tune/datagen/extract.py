@@ -65,7 +65,7 @@ def answer_text(obj: dict) -> str:
 
 def generate(out: str | Path, *, n_train: int | None = None, n_test: int | None = None, seed: int = 0) -> list[Path]:
     rng = random.Random(seed)
-    n_train, n_test = n_train or 500, n_test or 100
+    n_train, n_test = n_train or 320, n_test or 100
     pairs = [(f"{f} {l}", c) for f in FIRST for l in LAST for c in CITIES]
     rng.shuffle(pairs)
     test_pairs, train_pairs = pairs[:n_test], pairs[n_test:n_test + n_train]
