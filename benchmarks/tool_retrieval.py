@@ -59,8 +59,8 @@ METHODS = {  # name -> (weights, learned?)
     "bm25": (RetrievalWeights(dense=0.0, lexical=1.0), False),
     "minilm (descriptions)": (RetrievalWeights(dense=1.0, lexical=0.0), False),
     "minilm + bm25 (default)": (RetrievalWeights(), False),
-    "centroid (learned)": (RetrievalWeights(dense=0.0, centroid=1.0), True),
-    "knn m=5 (learned)": (RetrievalWeights(dense=0.0, knn=1.0, knn_m=5), True),
+    "centroid (learned)": (RetrievalWeights(dense=0.0, lexical=0.0, centroid=1.0), True),
+    "knn m=5 (learned)": (RetrievalWeights(dense=0.0, lexical=0.0, knn=1.0, knn_m=5), True),
     "fused (learned)": (FUSED, True),
 }
 
