@@ -102,7 +102,7 @@ def _bfcl_names() -> set[str]:
 def test_full_mix_valid_and_no_bfcl_function_names(tmp_path):
     if not (SHARED / "bfcl").is_dir():
         pytest.skip("BFCL data not found at ../shared/data")
-    rows = fc.generate_rows(400, seed=0)
+    rows = fc.generate_rows(200, seed=0)
     _check_rows(rows)
     bfcl = _bfcl_names()
     assert len(bfcl) > 500
