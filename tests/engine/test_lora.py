@@ -52,19 +52,11 @@ def prompts(n: int, seed: int = 0) -> list[list[int]]:
 
 @pytest.mark.parametrize("budget,path", [(512, "kernel"), (7, "kernel"), (512, "torch")])  # 7: chunked prefill
 def test_adapter_matches_transformers_peft_merged(tiny_family, tmp_path, monkeypatch, budget, path):
-    import fleetlm.engine.engine as engine_mod
+    from tests.engine.test_correctness import record_logits
 
     name, base = tiny_family
     adapter = make_adapter(base, tmp_path / "all", seed=1, rank=8, targets=ALL)
-    seen: dict[str, list[torch.Tensor]] = {}
-    real = engine_mod.sample
-
-    def spy(logits, seqs, gen):
-        for row, seq in zip(logits, seqs):
-            seen.setdefault(seq.request_id, []).append(row.clone())
-        return real(logits, seqs, gen)
-
-    monkeypatch.setattr(engine_mod, "sample", spy)
+    seen = record_logits(monkeypatch)
     llm = LLM(str(base), dtype="float32", enable_lora=True, max_num_batched_tokens=budget)
     use_path(llm, path)
     ps = prompts(2)
