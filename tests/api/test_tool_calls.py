@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import random
+import zlib
 
 import jsonschema
 import pytest
@@ -102,7 +103,7 @@ def check_stream_equals_message(s: ToolSession, text: str, reason: str):
 @pytest.mark.parametrize("parallel", [True, False])
 def test_grammar_walks_parse_validate_and_stream_identically(compiler, choice, parallel):
     s = session(choice, parallel)
-    rng = random.Random(hash((str(choice), parallel)) % 1000)
+    rng = random.Random(zlib.crc32(f"{choice}{parallel}".encode()))  # hash() of a str varies per process
     finished = 0
     for i in range(12):
         forced = "Let me check <tool_call>" if choice == "auto" and i % 2 else ""
