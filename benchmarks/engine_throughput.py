@@ -6,6 +6,10 @@ tokens each, greedy, EOS ignored. All requests arrive at t=0.
     python benchmarks/engine_throughput.py            # full run (several minutes)
     python benchmarks/engine_throughput.py --quick    # 16 requests, fleetlm + HF at one batch size
     python benchmarks/engine_throughput.py --prefix   # TTFT with a 1,000-token shared prefix, cache on/off
+    python benchmarks/engine_throughput.py --model DIR --random-weights   # DIR's architecture, random
+                                                      # weights (a machine without the weights, e.g. a GPU box)
+
+On a CUDA machine both fleetlm and transformers run on the GPU (llama.cpp is skipped there).
 
 Prints a table (output tok/s, TTFT and TPOT medians, peak RSS), the roofline bound for this
 machine (measured bf16 GEMM peak and memory bandwidth) with fleetlm's fraction of it, and
@@ -75,7 +79,8 @@ class PeakRSS:
 def workload(n: int, vocab: int, bos: int, seed: int = 0, lo: int = 32, hi: int = 512) -> list[list[int]]:
     rng = random.Random(seed)
     # ordinary-text token ids (skip the specials and control tokens at the start of the vocab)
-    return [[bos] + [rng.randrange(1000, min(vocab, 100_000)) for _ in range(rng.randint(lo, hi) - 1)]
+    first = min(1000, vocab // 4)
+    return [[bos] + [rng.randrange(first, min(vocab, 100_000)) for _ in range(rng.randint(lo, hi) - 1)]
             for _ in range(n)]
 
 
@@ -105,7 +110,10 @@ def run_hf(folder: Path, prompts, max_tokens: int, dtype: torch.dtype, batch_siz
     from transformers import AutoModelForCausalLM
     from transformers.generation.streamers import BaseStreamer
 
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).eval()
+    from fleetlm.engine.loader import resolve_device
+
+    device = resolve_device("auto")
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).eval().to(device)
 
     class FirstToken(BaseStreamer):
         def __init__(self):
@@ -126,8 +134,8 @@ def run_hf(folder: Path, prompts, max_tokens: int, dtype: torch.dtype, batch_siz
         for i in range(0, len(prompts), batch_size):
             batch = prompts[i : i + batch_size]
             width = max(len(p) for p in batch)
-            ids = torch.tensor([[pad] * (width - len(p)) + p for p in batch])  # left padding
-            mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in batch])
+            ids = torch.tensor([[pad] * (width - len(p)) + p for p in batch], device=device)  # left padding
+            mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in batch], device=device)
             streamer = FirstToken()
             out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_tokens,
                                  min_new_tokens=max_tokens, do_sample=False, pad_token_id=pad,
@@ -172,16 +180,26 @@ def run_llamacpp(prompts, max_tokens: int) -> Result | None:
 
 
 # ---- roofline -------------------------------------------------------------------------
-def measure_peaks(dtype: torch.dtype) -> tuple[float, float]:
-    """(GEMM FLOP/s at `dtype`, memory bandwidth bytes/s), best of a few runs."""
-    a, b = torch.randn(2048, 2048, dtype=dtype), torch.randn(2048, 2048, dtype=dtype)
+def measure_peaks(dtype: torch.dtype, device: torch.device) -> tuple[float, float]:
+    """(GEMM FLOP/s at `dtype`, memory bandwidth bytes/s) on `device`, best of a few runs."""
+    n = 2048 if device.type == "cpu" else 8192  # a GPU needs a large product to reach its peak
+    a, b = torch.randn(n, n, dtype=dtype, device=device), torch.randn(n, n, dtype=dtype, device=device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+
+    def timed(fn) -> float:
+        sync()
+        t = time.perf_counter()
+        fn()
+        sync()
+        return time.perf_counter() - t
+
     torch.mm(a, b)
-    best = min(_timed(lambda: torch.mm(a, b)) for _ in range(5))
-    flops = 2 * 2048**3 / best
-    src = torch.empty(2**28 // 4, dtype=torch.float32).fill_(1.0)  # 256 MiB
+    best = min(timed(lambda: torch.mm(a, b)) for _ in range(5))
+    flops = 2 * n**3 / best
+    src = torch.empty(2**28 // 4, dtype=torch.float32, device=device).fill_(1.0)  # 256 MiB
     dst = torch.empty_like(src)
     dst.copy_(src)
-    t = min(_timed(lambda: dst.copy_(src)) for _ in range(5))
+    t = min(timed(lambda: dst.copy_(src)) for _ in range(5))
     return flops, 2 * src.numel() * 4 / t  # a copy reads and writes every byte
 
 
@@ -192,12 +210,6 @@ def isolated(fn, *args, **kwargs):
 
     with mp.get_context("spawn").Pool(1) as pool:
         return pool.apply(fn, args, kwargs)
-
-
-def _timed(fn) -> float:
-    t = time.perf_counter()
-    fn()
-    return time.perf_counter() - t
 
 
 def roofline_tok_s(config, prompts, max_tokens: int, elem: int, flops: float, bw: float,
@@ -227,6 +239,24 @@ def roofline_tok_s(config, prompts, max_tokens: int, elem: int, flops: float, bw
     t = max(total_flops / flops, mem_bytes / bw)
     out = len(prompts) * max_tokens
     return out / t, out / (total_flops / flops), out / (mem_bytes / bw)
+
+
+def random_weights(folder: Path, dtype: torch.dtype) -> Path:
+    """A copy of `folder`'s config and tokenizer with random weights (std 0.02), in a temp folder:
+    throughput does not depend on the weights' values (EOS is ignored)."""
+    import shutil
+    import tempfile
+
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    out = Path(tempfile.mkdtemp(prefix="fleetlm-random-"))
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(folder), dtype=dtype)
+    model.save_pretrained(out)
+    for f in folder.iterdir():
+        if f.name.startswith(("tokenizer", "special_tokens", "generation_config")):
+            shutil.copy(f, out / f.name)
+    return out
 
 
 # ---- report ---------------------------------------------------------------------------
@@ -279,6 +309,9 @@ def main() -> int:
     ap.add_argument("--skip-llamacpp", action="store_true")
     ap.add_argument("--max-num-seqs", type=int, default=64)
     ap.add_argument("--budget", type=int, default=512, help="fleetlm max_num_batched_tokens")
+    ap.add_argument("--model", default=None, help="model folder (default: the embedded gemma-3-270m)")
+    ap.add_argument("--random-weights", action="store_true",
+                    help="random weights in --model's architecture (its config.json and tokenizer only)")
     args = ap.parse_args()
 
     from transformers import AutoConfig
@@ -286,13 +319,18 @@ def main() -> int:
     from fleetlm.engine.loader import resolve_device, resolve_dtype
     from fleetlm.models.embedded import ensure_default_model
 
-    folder = ensure_default_model()
+    folder = Path(args.model) if args.model else ensure_default_model()
     config = AutoConfig.from_pretrained(folder)
-    torch_dtype = resolve_dtype(args.dtype, resolve_device("auto"))
+    device = resolve_device("auto")
+    torch_dtype = resolve_dtype(args.dtype, device)
     dtype_name = str(torch_dtype).removeprefix("torch.")
     bos = config.bos_token_id
-    print(f"machine: {psutil.cpu_count()} CPUs, torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"dtype {dtype_name}")
+    if args.random_weights:
+        folder = random_weights(folder, torch_dtype)
+    gpu = f", {torch.cuda.get_device_name()}" if device.type == "cuda" else ""
+    machine = (f"machine: {psutil.cpu_count()} CPUs{gpu}, torch {torch.__version__}, {torch.get_num_threads()} "
+               f"threads, device {device.type}, dtype {dtype_name}{', random weights' if args.random_weights else ''}")
+    print(machine)
     if args.prefix:
         lines = prefix_benchmark(folder, dtype_name, bos, config.vocab_size)
         text = "\n".join(lines)
@@ -302,8 +340,9 @@ def main() -> int:
 
     n = args.requests or (16 if args.quick else 64)
     prompts = workload(n, config.vocab_size, bos)
-    print(f"workload: {n} requests, prompt tokens {min(map(len, prompts))}-{max(map(len, prompts))} "
-          f"(total {sum(map(len, prompts))}), {args.max_tokens} output tokens each, greedy, ignore EOS")
+    shape = (f"workload: {n} requests, prompt tokens {min(map(len, prompts))}-{max(map(len, prompts))} "
+             f"(total {sum(map(len, prompts))}), {args.max_tokens} output tokens each, greedy, ignore EOS")
+    print(shape)
     results = [isolated(run_fleetlm, folder, prompts, args.max_tokens, dtype_name,
                         max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.budget)]
     print(table(results[-1:]).splitlines()[-1], flush=True)
@@ -315,15 +354,15 @@ def main() -> int:
             results.append(r)
             print(table([r]).splitlines()[-1], flush=True)
             hf_best = r if hf_best is None or r.tok_s > hf_best.tok_s else hf_best
-    if not (args.skip_llamacpp or args.quick):
+    if not (args.skip_llamacpp or args.quick or device.type == "cuda"):
         r = isolated(run_llamacpp, prompts, args.max_tokens)
         if r is not None:
             results.append(r)
-    flops, bw = measure_peaks(torch_dtype)
+    flops, bw = measure_peaks(torch_dtype, device)
     elem = torch.empty((), dtype=torch_dtype).element_size()
     bound, compute_bound, mem_bound = roofline_tok_s(config, prompts, args.max_tokens, elem, flops, bw,
                                                      concurrent=args.max_num_seqs)
-    lines = [table(results), "",
+    lines = [machine, shape, table(results), "",
              f"roofline: GEMM peak {flops / 1e9:.0f} GFLOP/s ({dtype_name}), memory bandwidth {bw / 1e9:.1f} GB/s",
              f"roofline bound for this workload: {bound:.0f} output tok/s "
              f"(compute {compute_bound:.0f}, memory {mem_bound:.0f})",
@@ -333,7 +372,10 @@ def main() -> int:
     text = "\n".join(lines)
     print("\n" + text)
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / ("engine_throughput_quick.txt" if args.quick else "engine_throughput.txt")).write_text(text + "\n")
+    name = "engine_throughput_quick" if args.quick else "engine_throughput"
+    if device.type == "cuda":
+        name += "_cuda"
+    (RESULTS / f"{name}.txt").write_text(text + "\n")
     return 0
 
 

@@ -28,7 +28,7 @@ def record_logits(monkeypatch) -> dict[str, list[torch.Tensor]]:
 
     def spy(logits, seqs, gen):
         for row, seq in zip(logits, seqs):
-            seen.setdefault(seq.request_id, []).append(row.clone())
+            seen.setdefault(seq.request_id, []).append(row.float().cpu())  # the reference runs on CPU
         return real(logits, seqs, gen)
 
     monkeypatch.setattr(engine_mod, "sample", spy)
