@@ -38,12 +38,24 @@ def test_solutions_are_right(tmp_path):
 
 
 def test_persona_queries(tmp_path):
+    from fleetlm.tune.datagen.persona import GREETINGS
+
     prompt, train, held = GENERATORS["persona"](tmp_path, seed=0)
     assert len(prompt.read_text().split()) > 750  # ~1,400 Gemma tokens (checked in the README run)
     q_train = {json.loads(x)["query"] for x in train.read_text().splitlines()}
     q_held = {json.loads(x)["query"] for x in held.read_text().splitlines()}
     assert q_train and q_held and not q_train & q_held
     assert all(q.startswith("Customer: ") and q.endswith("\nPip:") for q in q_train | q_held)
+    strip = [g for g in GREETINGS if g]
+
+    def pair(q: str) -> str:  # the question without its greeting, case-folded
+        body = q.removeprefix("Customer: ")
+        for g in strip:
+            body = body.removeprefix(g)
+        return body.lower()
+
+    assert not {pair(q) for q in q_train} & {pair(q) for q in q_held}  # split by pair, not by string
+    assert len(q_train) > 3 * len(q_held)
 
 
 def test_scorers():

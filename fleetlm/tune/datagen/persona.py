@@ -1,8 +1,10 @@
 """Customer queries for the bookshop persona (prompt: ``persona_prompt.txt``, ~1,400 tokens).
 
-Queries are template x value pairs, written as ``"Customer: <question>\\nPip:"`` for
-``fleet tune distill --format text --stop "\\n"``. Held-out queries are pairs never seen in
-training (each template and each value does appear in training, in other pairs)."""
+Queries are template x value pairs, each asked with one of a few greetings and written as
+``"Customer: <greeting><question>\\nPip:"`` for ``fleet tune distill --format text --stop
+"\\n"``. The split is by pair: a held-out query's (template, value) pair is never seen in
+training under any greeting (each template and each value does appear in training, in other
+pairs); training takes every greeting of its pairs, held-out one greeting per pair."""
 
 from __future__ import annotations
 
@@ -40,17 +42,34 @@ TEMPLATES = [
 ]
 
 
+GREETINGS = ["", "Hi! ", "Hello, ", "Good morning! ", "Excuse me, "]
+
+
+def query(template: str, value: str, greeting: str = "") -> str:
+    question = template.format(value)
+    if greeting.endswith(", "):  # "Excuse me, are you open ...": the question goes on mid-sentence
+        question = question[0].lower() + question[1:]
+    return f"Customer: {greeting}{question}\nPip:"
+
+
+def all_pairs() -> list[tuple[str, str]]:
+    return [(t, v) for t, values in TEMPLATES for v in values]
+
+
 def all_queries() -> list[str]:
-    return [f"Customer: {t.format(v)}\nPip:" for t, values in TEMPLATES for v in values]
+    return [query(t, v, g) for t, v in all_pairs() for g in GREETINGS]
 
 
 def generate(out: str | Path, *, n_train: int | None = None, n_test: int | None = None, seed: int = 0) -> list[Path]:
     out = Path(out)
-    pool = all_queries()
-    random.Random(seed).shuffle(pool)
+    rng = random.Random(seed)
+    pairs = all_pairs()
+    rng.shuffle(pairs)
     n_test = n_test or 40
-    n_train = min(n_train or len(pool) - n_test, len(pool) - n_test)
-    test, train = pool[:n_test], pool[n_test:n_test + n_train]
+    test = [query(t, v, rng.choice(GREETINGS)) for t, v in pairs[:n_test]]
+    train = [query(t, v, g) for t, v in pairs[n_test:] for g in GREETINGS]
+    rng.shuffle(train)
+    train = train[:n_train] if n_train else train
     out.mkdir(parents=True, exist_ok=True)
     prompt = shutil.copyfile(PROMPT_FILE, out / "system_prompt.txt")
     return [Path(prompt), write_jsonl(out / "queries.jsonl", [{"query": q} for q in train]),
