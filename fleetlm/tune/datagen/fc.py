@@ -13,9 +13,9 @@ Sources (BFCL questions, answers and functions are never read):
 
 Each row is OpenAI chat JSONL for ``fleet tune sft`` (``{"messages", "tools"}``), one of five
 kinds (shares in :data:`MIX`): ``simple`` (one tool, one call), ``multiple`` (2-4 tools, one
-call), ``parallel`` (2-3 calls of one function), ``parallel_multiple`` (calls of different
-functions) and ``irrelevance`` (no tool fits: the assistant answers in text). Argument values
-are copied from the question; optional parameters appear only when the question sets them.
+call; 60% with look-alike distractors), ``parallel`` (2-3 calls of one function),
+``parallel_multiple`` (calls of different functions) and ``irrelevance`` (no tool fits: the
+assistant answers in text). Argument values are copied from the question; optional parameters appear only when the question sets them.
 Every gold call is checked against its tool's schema with jsonschema before it is written.
 Without the public data folder only the templated functions are used (a note goes to stderr).
 """
@@ -33,7 +33,8 @@ from pathlib import Path
 from fleetlm.tune.datagen.common import write_jsonl
 from fleetlm.tune.datagen.fc_specs import CITIES, LANGS, PEOPLE, SPECS, TOPICS, Spec, date, say
 
-MIX = {"simple": 0.30, "multiple": 0.28, "parallel": 0.14, "parallel_multiple": 0.14, "irrelevance": 0.14}
+MIX = {"simple": 0.26, "multiple": 0.32, "parallel": 0.12, "parallel_multiple": 0.10, "irrelevance": 0.20}
+HARD_DISTRACTORS = 0.6  # share of `multiple` examples whose other tools resemble the right one
 REFUSALS = ["None of the available functions can do that.",
             "I can't help with that using the tools I have.",
             "Sorry, none of the provided functions fits this request.",
@@ -208,13 +209,31 @@ def _row(question: str, tools: list[dict], calls: list[Call] | None, text: str |
     return {"messages": msgs, "tools": tools}
 
 
+def _words(name: str) -> set[str]:
+    return {w.lower() for w in re.split(r"[._]|(?<=[a-z])(?=[A-Z])", name) if len(w) > 2}
+
+
+def _near(main: Source, sources: list[Source], k: int, r: random.Random) -> list[dict]:
+    """k distractor tools that resemble `main`: same domain or a shared word in the name
+    (``triangle_area_heron`` vs ``triangle_area_base``), so the model has to read the
+    descriptions and the question rather than pick the only tool on topic."""
+    words = _words(main.name)
+    scored = [(2 * (s.domain == main.domain) + len(words & _words(s.name)), r.random(), s)
+              for s in sources if s.name != main.name]
+    scored.sort(key=lambda x: (-x[0], x[1]))
+    return [s.tool for _, _, s in scored[:k]]
+
+
 def make_example(kind: str, own: list[Source], nestful: list[Source], distract: list[dict],
                  r: random.Random) -> dict:
     pool = own + nestful if nestful and r.random() < 0.3 else own
     main = r.choice(pool)
     others = [t for t in [s.tool for s in own + nestful] + distract if t["function"]["name"] != main.name]
     n_extra = {"simple": 0, "parallel": r.choice([0, 0, 1]), "irrelevance": 0}.get(kind, r.randint(1, 3))
-    tools = [main.tool] + r.sample(others, n_extra)
+    if kind == "multiple" and r.random() < HARD_DISTRACTORS:
+        tools = [main.tool] + _near(main, own + nestful, n_extra, r)
+    else:
+        tools = [main.tool] + r.sample(others, n_extra)
     if kind in ("simple", "multiple"):
         q, a = main.sample(r)
         return _row(q, tools, [Call(main.name, a)], None, r)
