@@ -56,9 +56,11 @@ class ModelRunner:
         dec_index, dec_tables, dec_pos = [], [], []
         logit_rows, sampling = [], []
         lora_slots: list[int] = []
+        any_lora = any(s.lora_slot for s in sched.seqs)  # else skip the per-token slot list
         for seq, n in zip(sched.seqs, sched.num_new_tokens):
             start, c = len(ids), seq.num_computed_tokens
-            lora_slots.extend([seq.lora_slot] * n)
+            if any_lora:
+                lora_slots.extend([seq.lora_slot] * n)
             ids.extend(seq.token_ids[c : c + n])
             pos = range(c, c + n)
             positions.extend(pos)
@@ -76,7 +78,7 @@ class ModelRunner:
         decode = self._decode_rows(dec_index, dec_tables, dec_pos) if dec_index else None
         as_long = lambda xs: torch.tensor(xs, dtype=torch.long, device=dev)  # noqa: E731
         meta = AttentionMetadata(slot_mapping=as_long(slots), chunks=chunks, decode=decode)
-        lora = as_long(lora_slots) if any(s.lora_slot for s in sched.seqs) else None
+        lora = as_long(lora_slots) if any_lora else None
         return ModelInputs(as_long(ids), as_long(positions), meta, as_long(logit_rows), sampling, lora)
 
     def _chunk_row(self, start: int, computed: int, n: int, table: list[int]) -> ChunkRow:
