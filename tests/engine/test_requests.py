@@ -101,7 +101,9 @@ def test_stop_token_text_is_left_out(llm, ref, seeded):
         k = first_new(ref.token_ids, k + 1)
     params = SamplingParams(**seeded, stop_token_ids=[ref.token_ids[k]])
     out = llm.generate(PROMPT, params)[0].outputs[0]
-    assert out.text == llm.tokenizer.decode(ref.token_ids[:k])
+    # the engine never emits part of a character: trailing bytes of an unfinished one, which
+    # decode() shows as U+FFFD, are left out (what a seed samples depends on the device's RNG)
+    assert out.text == llm.tokenizer.decode(ref.token_ids[:k]).rstrip("\ufffd")
 
 
 def test_eos_stops_unless_ignored(llm, ref, seeded, monkeypatch):
