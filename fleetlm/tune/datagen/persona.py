@@ -56,10 +56,6 @@ def all_pairs() -> list[tuple[str, str]]:
     return [(t, v) for t, values in TEMPLATES for v in values]
 
 
-def all_queries() -> list[str]:
-    return [query(t, v, g) for t, v in all_pairs() for g in GREETINGS]
-
-
 def generate(out: str | Path, *, n_train: int | None = None, n_test: int | None = None, seed: int = 0) -> list[Path]:
     out = Path(out)
     rng = random.Random(seed)
