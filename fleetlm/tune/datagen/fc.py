@@ -15,9 +15,10 @@ Each row is OpenAI chat JSONL for ``fleet tune sft`` (``{"messages", "tools"}``)
 kinds (shares in :data:`MIX`): ``simple`` (one tool, one call), ``multiple`` (2-4 tools, one
 call; 60% with look-alike distractors), ``parallel`` (2-3 calls of one function),
 ``parallel_multiple`` (calls of different functions) and ``irrelevance`` (no tool fits: the
-assistant answers in text). Argument values are copied from the question; optional parameters appear only when the question sets them.
-Every gold call is checked against its tool's schema with jsonschema before it is written.
-Without the public data folder only the templated functions are used (a note goes to stderr).
+assistant answers in text). Argument values are copied from the question; optional parameters
+appear only when the question sets them. Every gold call is checked against its tool's schema
+with jsonschema before it is written. Without the public data folder only the templated
+functions are used (a note goes to stderr).
 """
 
 from __future__ import annotations
