@@ -242,8 +242,8 @@ def roofline_tok_s(config, prompts, max_tokens: int, elem: int, flops: float, bw
 
 
 def random_weights(folder: Path, dtype: torch.dtype) -> Path:
-    """A copy of `folder`'s config and tokenizer with random weights (the architecture's own init), in a temp folder:
-    throughput does not depend on the weights' values (EOS is ignored)."""
+    """A copy of `folder`'s config and tokenizer with random weights (the architecture's own
+    init), in a temp folder: throughput does not depend on the weights' values (EOS is ignored)."""
     import shutil
     import tempfile
 
