@@ -11,7 +11,7 @@ import pytest
 
 from fleetlm.tune.data import parse_example, plain_messages
 from fleetlm.tune.datagen import fc
-from fleetlm.tune.datagen.fc_specs import SPECS
+from fleetlm.tune.datagen.fc_specs import CURRENCY_NAMES, SPECS
 
 SHARED = Path(__file__).resolve().parents[3] / "shared" / "data" / "function_calling"
 needs_data = pytest.mark.skipif(not (SHARED / "nestful").is_dir(),
@@ -52,16 +52,41 @@ def test_deterministic_for_a_seed(tmp_path):
     assert fc.generate_rows(20, seed=1, root=tmp_path) != fc.generate_rows(20, seed=2, root=tmp_path)
 
 
-def test_values_are_copied_from_the_question(tmp_path):
-    """Every required string/number argument of a single call appears in the user's text."""
-    for row in fc.generate_rows(200, seed=5, root=tmp_path):
+def _spoken(value) -> list[str]:
+    """Ways a question may write an argument: as is, or in a form the description converts."""
+    forms = [str(value)]
+    if isinstance(value, float) and 0 < value < 1:
+        forms.append(f"{value * 100:g}%")
+        forms.append(f"{value * 100:g} percent")
+    if isinstance(value, int) and value >= 1_000_000:
+        forms.append(f"{value / 1e6:g} million")
+    if isinstance(value, str) and re.fullmatch(r"[^,]+, [A-Z]{2}", value):
+        forms.append(value.split(",")[0])  # "Austin, TX" asked as "Austin" / "Austin, Texas"
+    if isinstance(value, str) and re.fullmatch(r"\d{4}-\d\d-\d\d", value):
+        y, m, d = (int(x) for x in value.split("-"))
+        month = ["January", "February", "March", "April", "May", "June", "July", "August", "September", "October",
+                 "November", "December"][m - 1]
+        forms += [f"{month} {d}, {y}", f"{d} {month} {y}", f"{month[:3]} {d}, {y}"]
+    if isinstance(value, str) and value in CURRENCY_NAMES:
+        forms += CURRENCY_NAMES[value]
+    return forms
+
+
+def test_values_are_copied_or_converted_from_the_question(tmp_path):
+    """Every required string/number argument of a single call appears in the user's text,
+    as is or in a spoken form its description asks to convert ("5%" for 0.05)."""
+    converted = 0
+    for row in fc.generate_rows(400, seed=5, root=tmp_path):
         calls = _calls(row)
         if len(calls) != 1:
             continue
         question = row["messages"][-2]["content"]
         for value in json.loads(calls[0]["function"]["arguments"]).values():
             if isinstance(value, (str, int, float)) and not isinstance(value, bool):
-                assert str(value) in question, (value, question)
+                forms = _spoken(value)
+                assert any(f in question for f in forms), (value, question)
+                converted += str(value) not in question
+    assert converted >= 20, "the data should teach value conversions, not only copying"
 
 
 def test_optional_parameters_sometimes_left_out(tmp_path):

@@ -1,6 +1,12 @@
 """The function-calling expert's own templated functions (not BFCL's): python-style tools with
 typed parameters and the user questions that call them.
 
+Most values are copied from the question. Some are :class:`Said` differently from how the
+call wants them ("5%" for a rate the description asks as a decimal, "Austin" for "City and
+state, e.g. Springfield, IL", "March 3, 2025" for a YYYY-MM-DD date, "the Prado Museum" for a
+museum's name, "2.5 million" for an amount): the model has to read the parameter's
+description, not copy words.
+
 A :class:`Spec` is one function: its OpenAI tool (``tool()``), the parameters' value samplers
 and question templates. Templates name required parameters as ``{param}`` (``{param[key]}``
 for a field of an object parameter) and optional ones as ``{param?}``; an optional parameter
@@ -32,6 +38,79 @@ MONTHS = ["January", "February", "March", "April", "May", "June", "July", "Augus
           "November", "December"]
 
 
+US_CITIES = [("New York", "New York", "NY"), ("Los Angeles", "California", "CA"), ("Chicago", "Illinois", "IL"),
+             ("Houston", "Texas", "TX"), ("Phoenix", "Arizona", "AZ"), ("Philadelphia", "Pennsylvania", "PA"),
+             ("San Antonio", "Texas", "TX"), ("San Diego", "California", "CA"), ("Dallas", "Texas", "TX"),
+             ("Austin", "Texas", "TX"), ("Jacksonville", "Florida", "FL"), ("Columbus", "Ohio", "OH"),
+             ("Charlotte", "North Carolina", "NC"), ("San Francisco", "California", "CA"),
+             ("Indianapolis", "Indiana", "IN"), ("Seattle", "Washington", "WA"), ("Denver", "Colorado", "CO"),
+             ("Boston", "Massachusetts", "MA"), ("Nashville", "Tennessee", "TN"), ("Detroit", "Michigan", "MI"),
+             ("Portland", "Oregon", "OR"), ("Las Vegas", "Nevada", "NV"), ("Memphis", "Tennessee", "TN"),
+             ("Baltimore", "Maryland", "MD"), ("Milwaukee", "Wisconsin", "WI"), ("Albuquerque", "New Mexico", "NM"),
+             ("Sacramento", "California", "CA"), ("Atlanta", "Georgia", "GA"), ("Miami", "Florida", "FL"),
+             ("Minneapolis", "Minnesota", "MN"), ("New Orleans", "Louisiana", "LA"), ("Cleveland", "Ohio", "OH"),
+             ("Pittsburgh", "Pennsylvania", "PA"), ("Salt Lake City", "Utah", "UT"), ("Orlando", "Florida", "FL")]
+CURRENCY_NAMES = {"USD": ["US dollars", "dollars"], "EUR": ["euros"], "GBP": ["British pounds", "pounds sterling"],
+                  "JPY": ["Japanese yen", "yen"], "CAD": ["Canadian dollars"], "CHF": ["Swiss francs"],
+                  "INR": ["Indian rupees"], "BRL": ["Brazilian reais"], "KES": ["Kenyan shillings"],
+                  "AUD": ["Australian dollars"]}
+LANDMARKS = ["Prado Museum", "Rijksmuseum", "Uffizi Gallery", "National Gallery", "Natural History Museum",
+             "Guggenheim Museum", "Colosseum", "Golden Gate Bridge", "Sydney Opera House", "Tower of London",
+             "Brandenburg Gate", "Acropolis", "Science Museum", "Vatican Museums", "Alhambra"]
+
+
+@dataclass(frozen=True)
+class Said:
+    """A value the question writes as ``text`` and the call holds as ``value``."""
+
+    text: str
+    value: object
+
+
+def gold(value):
+    """The call's form of a drawn value (``Said`` -> its value, inside lists and dicts too)."""
+    if isinstance(value, Said):
+        return value.value
+    if isinstance(value, list):
+        return [gold(v) for v in value]
+    if isinstance(value, dict):
+        return {k: gold(v) for k, v in value.items()}
+    return value
+
+
+def percent_decimal(r: random.Random) -> Said:
+    """A rate the call wants as a decimal; the question says "5%" or "5 percent" (or 0.05)."""
+    pct = r.choice([1, 1.5, 2, 2.5, 3, 3.5, 4, 4.5, 5, 6, 7, 8, 9, 10, 12, 15, 20, 25])
+    value = round(pct / 100, 4)
+    return Said(r.choice([f"{pct}%", f"{pct} percent", f"{pct}%", str(value)]), value)
+
+
+def us_city(r: random.Random) -> Said:
+    """"City, ST": the question names the city alone, with its state, or with the state code."""
+    city, state, code = r.choice(US_CITIES)
+    return Said(r.choice([city, city, city, f"{city}, {state}", f"{city}, {code}"]), f"{city}, {code}")
+
+
+def currency_code(r: random.Random) -> Said:
+    code = r.choice(list(CURRENCY_NAMES))
+    return Said(r.choice(CURRENCY_NAMES[code] + [code]), code)
+
+
+def landmark(r: random.Random) -> Said:
+    """A name the question says with "the" in front ("the Prado Museum") and the call without."""
+    name = r.choice(LANDMARKS)
+    return Said(f"the {name}" if r.random() < 0.7 else name, name)
+
+
+def millions(lo: float, hi: float):
+    """Large amounts the question says as "2.5 million"; the call holds 2500000."""
+    def draw(r: random.Random) -> Said:
+        m = round(r.uniform(lo, hi), r.choice([0, 1]))
+        m = int(m) if m == int(m) else m
+        return Said(f"{m} million", int(round(m * 1_000_000)))
+    return draw
+
+
 def num(lo: float, hi: float, dec: int = 0):
     """A number sampler: ints when dec == 0, else floats with up to `dec` decimals."""
     def draw(r: random.Random):
@@ -58,8 +137,18 @@ def date(r: random.Random) -> str:
     return f"{r.randint(2023, 2026)}-{r.randint(1, 12):02d}-{r.randint(1, 28):02d}"
 
 
+def spoken_date(r: random.Random) -> Said:
+    """A YYYY-MM-DD date the question writes as ISO or in words ("March 3, 2025", "3 March 2025")."""
+    y, m, d = r.randint(2023, 2026), r.randint(1, 12), r.randint(1, 28)
+    month = MONTHS[m - 1]
+    text = r.choice([f"{y}-{m:02d}-{d:02d}", f"{month} {d}, {y}", f"{d} {month} {y}", f"{month[:3]} {d}, {y}"])
+    return Said(text, f"{y}-{m:02d}-{d:02d}")
+
+
 def say(value) -> str:
     """How a value is written in a question."""
+    if isinstance(value, Said):
+        return value.text
     if isinstance(value, bool):
         return "yes" if value else "no"
     if isinstance(value, list):
@@ -196,8 +285,8 @@ SPECS = [
        "I'm borrowing {principal} at an annual rate of {annual_rate} percent over {years} years. Monthly payment?"],
       "finance"),
     S("compound_growth", "Future value of an investment with compound interest.",
-      [P("initial", NUM, "Starting amount", num(100, 100000)), P("rate", NUM, "Yearly rate as a decimal",
-                                                                  pick([0.03, 0.05, 0.07, 0.04, 0.06, 0.08])),
+      [P("initial", NUM, "Starting amount", num(100, 100000)), P("rate", NUM, "Yearly rate as a decimal, e.g. 0.05 for 5%",
+                                                                  percent_decimal),
        P("years", INT, "Number of years", num(1, 40)),
        opt(P("times_per_year", INT, "Compounding periods per year", pick([4, 12, 365])),
            ", compounded {v} times a year", 1)],
@@ -209,9 +298,9 @@ SPECS = [
        opt(E("exchange", "Stock exchange", ["NYSE", "NASDAQ", "LSE", "TSX"]), " on the {v}", "NASDAQ")],
       ["What's the current price of {ticker}{exchange?}?", "Get me a quote for {ticker}{exchange?}."], "finance"),
     S("currency_convert_amount", "Convert an amount between currencies.",
-      [P("amount", NUM, "Amount to convert", num(1, 5000, 2)), P("from_currency", STR, "ISO code to convert from",
-                                                                  pick(CURRENCIES)),
-       P("to_currency", STR, "ISO code to convert to", pick(CURRENCIES))],
+      [P("amount", NUM, "Amount to convert", num(1, 5000, 2)), P("from_currency", STR, "Three-letter ISO code to convert from, e.g. USD",
+                                                                  currency_code),
+       P("to_currency", STR, "Three-letter ISO code to convert to, e.g. EUR", currency_code)],
       ["Convert {amount} {from_currency} to {to_currency}.", "How much is {amount} {from_currency} in {to_currency}?"],
       "finance"),
     S("company_revenue_report", "Annual revenue of a company for a given year.",
@@ -223,7 +312,7 @@ SPECS = [
       ["What's the weather forecast for {city} for the next {days} days{units?}?",
        "Give me a {days}-day forecast for {city}{units?}."], "travel"),
     S("hotel_room_search", "Find hotel rooms in a city for given dates.",
-      [P("city", STR, "City", pick(CITIES)), P("check_in", STR, "Check-in date, YYYY-MM-DD", date),
+      [P("city", STR, "City", pick(CITIES)), P("check_in", STR, "Check-in date, YYYY-MM-DD", spoken_date),
        P("nights", INT, "Number of nights", num(1, 14)),
        opt(P("guests", INT, "Number of guests", num(2, 6)), " for {v} guests", 1),
        opt(P("max_price", NUM, "Highest nightly price", num(60, 400)), " under {v} per night")],
@@ -231,7 +320,7 @@ SPECS = [
        "I need a room in {city}, checking in {check_in}, staying {nights} nights{guests?}{max_price?}."], "travel"),
     S("flight_search_routes", "Search flights between two cities on a date.",
       [P("origin", STR, "Departure city", pick(CITIES)), P("destination", STR, "Arrival city", pick(CITIES)),
-       P("date", STR, "Travel date, YYYY-MM-DD", date),
+       P("date", STR, "Travel date, YYYY-MM-DD", spoken_date),
        opt(E("cabin", "Cabin class", ["economy", "premium", "business", "first"]), " in {v} class", "economy")],
       ["Find flights from {origin} to {destination} on {date}{cabin?}.",
        "Are there flights {origin} -> {destination} on {date}{cabin?}?"], "travel"),
@@ -274,7 +363,7 @@ SPECS = [
       "media"),
     S("calendar_event_create", "Create a calendar event.",
       [P("title", STR, "Event title", pick(["Team sync", "Dentist", "Budget review", "Yoga class", "Lunch with Ana"])),
-       P("date", STR, "Date, YYYY-MM-DD", date), P("start_time", STR, "Start time, HH:MM (24h)",
+       P("date", STR, "Date, YYYY-MM-DD", spoken_date), P("start_time", STR, "Start time, HH:MM (24h)",
                                                    lambda r: f"{r.randint(7, 19):02d}:{r.choice(['00', '30'])}"),
        opt(P("attendees", ARR, "Attendee names", many(pick(PEOPLE), 1, 3), items={"type": "string"}), " with {v}")],
       ["Schedule '{title}' on {date} at {start_time}{attendees?}.",
@@ -312,7 +401,7 @@ SPECS = [
     S("sports_match_score", "Final score of a match between two teams on a date.",
       [P("home_team", STR, "Home team", pick(["Rovers", "Falcons", "United", "Tigers", "Comets", "Harbor FC"])),
        P("away_team", STR, "Away team", pick(["Wanderers", "Eagles", "City", "Lions", "Rockets", "Valley SC"])),
-       P("match_date", STR, "Date, YYYY-MM-DD", date)],
+       P("match_date", STR, "Date, YYYY-MM-DD", spoken_date)],
       ["What was the score of {home_team} vs {away_team} on {match_date}?",
        "Who won when {home_team} hosted {away_team} on {match_date}?"], "sports"),
     S("workout_calorie_burn", "Calories burned by an activity.",
@@ -338,11 +427,49 @@ SPECS = [
       ["When did {event} happen?", "Give me the date of {event}."], "history"),
     S("cinema_showtimes_lookup", "Cinema showtimes for a film in a city.",
       [P("movie", STR, "Film title", pick(["Night Harbor", "The Last Orchard", "Paper Comets", "Iron Meadow"])),
-       P("city", STR, "City", pick(CITIES)), opt(P("date", STR, "Date, YYYY-MM-DD", date), " on {v}")],
+       P("city", STR, "City", pick(CITIES)), opt(P("date", STR, "Date, YYYY-MM-DD", spoken_date), " on {v}")],
       ["When is {movie} playing in {city}{date?}?", "Showtimes for {movie} in {city}{date?}."], "media"),
     S("monthly_sales_summary", "Sales summary of a store for a month.",
       [P("store_id", INT, "Store number", num(1, 300)), E("month", "Month name", MONTHS),
        opt(P("by_category", BOOL, "Break down by category", pick([True])), ", broken down by category", False)],
       ["Summarize sales for store {store_id} in {month}{by_category?}.",
        "How did store number {store_id} do in {month}{by_category?}?"], "commerce"),
+    S("restaurant_nearby_search", "Find restaurants serving a cuisine near a US city.",
+      [P("location", STR, "City and state, e.g. Springfield, IL", us_city),
+       P("cuisine", STR, "Type of food", pick(["Thai", "Mexican", "Italian", "vegan", "sushi", "Ethiopian"])),
+       opt(P("min_rating", NUM, "Lowest average rating (1-5)", pick([3.5, 4, 4.5])), " rated at least {v}")],
+      ["Find {cuisine} restaurants in {location}{min_rating?}.",
+       "I'm in {location} and want {cuisine} food{min_rating?}. Where can I go?"], "food"),
+    S("event_tickets_search", "Search tickets for live events in a US city.",
+      [P("city", STR, "City and state, e.g. Springfield, IL", us_city),
+       E("category", "Kind of event", ["concert", "theater", "comedy", "sports"]),
+       opt(P("date", STR, "Date, YYYY-MM-DD", spoken_date), " on {v}")],
+      ["Find {category} tickets in {city}{date?}.", "Any {category} events in {city}{date?}?"], "media"),
+    S("savings_interest_earned", "Interest earned by a savings deposit with simple interest.",
+      [P("deposit", NUM, "Amount deposited", num(100, 50000)),
+       P("interest_rate", NUM, "Annual interest rate as a decimal (0.05 for 5%)", percent_decimal),
+       P("years", INT, "Number of years", num(1, 20))],
+      ["How much interest does {deposit} earn in {years} years at {interest_rate} a year?",
+       "I deposit {deposit} at an annual interest rate of {interest_rate} for {years} years. Interest earned?"],
+      "finance"),
+    S("sale_price_after_discount", "Price of an item after a percentage discount.",
+      [P("price", NUM, "Original price", num(5, 2000, 2)),
+       P("discount", NUM, "Discount as a fraction of the price, e.g. 0.2 for 20% off", percent_decimal)],
+      ["What does an item priced {price} cost after a {discount} discount?",
+       "Apply a discount of {discount} to a price of {price}."], "commerce"),
+    S("museum_visit_hours", "Opening hours of a museum or landmark.",
+      [P("site", STR, "Name of the museum or landmark", landmark),
+       opt(E("day", "Day of the week", ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"]),
+           " on {v}")],
+      ["When is {site} open{day?}?", "What are the opening hours of {site}{day?}?"], "travel"),
+    S("walking_route_time", "Walking time between two landmarks.",
+      [P("start", STR, "Landmark to start from", landmark), P("end", STR, "Landmark to walk to", landmark)],
+      ["How long does it take to walk from {start} to {end}?", "Walking time between {start} and {end}?"], "travel"),
+    S("dividend_per_share_calc", "Dividend per share from total dividends and shares outstanding.",
+      [P("total_dividends", NUM, "Total dividends paid, in dollars", millions(1, 90)),
+       P("shares_outstanding", INT, "Number of shares outstanding", millions(1, 50))],
+      ["A company paid {total_dividends} dollars in dividends and has {shares_outstanding} shares outstanding. "
+       "What is the dividend per share?",
+       "Compute the dividend per share: total payout {total_dividends} dollars, {shares_outstanding} shares."],
+      "finance"),
 ]
