@@ -19,11 +19,8 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
-# Copied as written where a description asks for a plain city (US ones too: "City name" keeps
-# "Boston"; only "City and state, e.g. ..." turns it into "Boston, MA", see `us_city`).
 CITIES = ["Denver", "Lisbon", "Osaka", "Nairobi", "Toronto", "Hamburg", "Lima", "Krakow", "Austin", "Lyon",
-          "Seoul", "Cairo", "Dublin", "Perth", "Bogota", "Oslo", "Mumbai", "Porto", "Accra", "Milan", "Quito",
-          "Boston", "Chicago", "Seattle", "New York", "Miami", "San Francisco", "Los Angeles", "Atlanta"]
+          "Seoul", "Cairo", "Dublin", "Perth", "Bogota", "Oslo", "Mumbai", "Porto", "Accra", "Milan", "Quito"]
 PEOPLE = ["Maria Lopez", "James Smith", "Aisha Khan", "Kenji Tanaka", "Sofia Rossi", "Liam Murphy", "Olga Petrova",
           "Diego Garcia", "Priya Patel", "Omar Haddad", "Grace Okafor", "Hiro Sato", "Elena Novak", "Arjun Singh"]
 COMPANIES = ["Nimbus Labs", "Orchard Foods", "Bluefin Energy", "Kestrel Motors", "Lumen Health", "Quarry Bank",
@@ -82,8 +79,7 @@ def gold(value):
 
 
 def percent_decimal(r: random.Random) -> Said:
-    """A rate the call wants as a decimal; the question says "5%" or "5 percent" (or 0.05).
-    Rates are decimals unless the description says "in percent" (``loan_monthly_payment``)."""
+    """A rate the call wants as a decimal; the question says "5%" or "5 percent" (or 0.05)."""
     pct = r.choice([1, 1.5, 2, 2.5, 3, 3.5, 4, 4.5, 5, 6, 7, 8, 9, 10, 12, 15, 20, 25])
     value = round(pct / 100, 4)
     return Said(r.choice([f"{pct}%", f"{pct} percent", f"{pct}%", str(value)]), value)
@@ -451,7 +447,7 @@ SPECS = [
       ["Find {category} tickets in {city}{date?}.", "Any {category} events in {city}{date?}?"], "media"),
     S("savings_interest_earned", "Interest earned by a savings deposit with simple interest.",
       [P("deposit", NUM, "Amount deposited", num(100, 50000)),
-       P("interest_rate", NUM, "The annual interest rate", percent_decimal),
+       P("interest_rate", NUM, "Annual interest rate as a decimal (0.05 for 5%)", percent_decimal),
        P("years", INT, "Number of years", num(1, 20))],
       ["How much interest does {deposit} earn in {years} years at {interest_rate} a year?",
        "I deposit {deposit} at an annual interest rate of {interest_rate} for {years} years. Interest earned?"],
