@@ -18,8 +18,9 @@ call; 60% with look-alike distractors), ``parallel`` (2-3 calls of one function)
 assistant answers in text). Argument values are copied from the question, or put in the form
 the parameter's description asks for (``fc_specs.Said``: "5%" -> 0.05, "Austin" -> "Austin,
 TX", "March 3, 2025" -> "2025-03-03"); optional parameters appear only when the question sets
-them. Every gold call is checked against its tool's schema with jsonschema before it is written. Without the public data folder only the templated
-functions are used (a note goes to stderr).
+them. Every gold call is checked against its tool's schema with jsonschema before it is
+written. Without the public data folder only the templated functions are used (a note goes to
+stderr).
 """
 
 from __future__ import annotations
