@@ -11,7 +11,8 @@ import pytest
 
 from fleetlm.tune.data import parse_example, plain_messages
 from fleetlm.tune.datagen import fc
-from fleetlm.tune.datagen.fc_specs import CURRENCY_NAMES, SPECS
+from fleetlm.tune.datagen.fc_specs import SPECS
+from fleetlm.tune.datagen.fc_values import CURRENCY_NAMES, MONTHS
 
 SHARED = Path(__file__).resolve().parents[3] / "shared" / "data" / "function_calling"
 needs_data = pytest.mark.skipif(not (SHARED / "nestful").is_dir(),
@@ -64,8 +65,7 @@ def _spoken(value) -> list[str]:
         forms.append(value.split(",")[0])  # "Austin, TX" asked as "Austin" / "Austin, Texas"
     if isinstance(value, str) and re.fullmatch(r"\d{4}-\d\d-\d\d", value):
         y, m, d = (int(x) for x in value.split("-"))
-        month = ["January", "February", "March", "April", "May", "June", "July", "August", "September", "October",
-                 "November", "December"][m - 1]
+        month = MONTHS[m - 1]
         forms += [f"{month} {d}, {y}", f"{d} {month} {y}", f"{month[:3]} {d}, {y}"]
     if isinstance(value, str) and value in CURRENCY_NAMES:
         forms += CURRENCY_NAMES[value]

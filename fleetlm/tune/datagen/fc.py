@@ -16,7 +16,7 @@ kinds (shares in :data:`MIX`): ``simple`` (one tool, one call), ``multiple`` (2-
 call; 60% with look-alike distractors), ``parallel`` (2-3 calls of one function),
 ``parallel_multiple`` (calls of different functions) and ``irrelevance`` (no tool fits: the
 assistant answers in text). Argument values are copied from the question, or put in the form
-the parameter's description asks for (``fc_specs.Said``: "5%" -> 0.05, "Austin" -> "Austin,
+the parameter's description asks for (``fc_values.Said``: "5%" -> 0.05, "Austin" -> "Austin,
 TX", "March 3, 2025" -> "2025-03-03"); optional parameters appear only when the question sets
 them. Every gold call is checked against its tool's schema with jsonschema before it is
 written. Without the public data folder only the templated functions are used (a note goes to
@@ -34,7 +34,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fleetlm.tune.datagen.common import write_jsonl
-from fleetlm.tune.datagen.fc_specs import CITIES, LANGS, PEOPLE, SPECS, TOPICS, Spec, date, gold, say
+from fleetlm.tune.datagen.fc_specs import SPECS, Spec
+from fleetlm.tune.datagen.fc_values import CITIES, LANGS, PEOPLE, TOPICS, date, gold, say
 
 MIX = {"simple": 0.26, "multiple": 0.32, "parallel": 0.12, "parallel_multiple": 0.10, "irrelevance": 0.20}
 HARD_DISTRACTORS = 0.6  # share of `multiple` examples whose other tools resemble the right one

@@ -1,0 +1,151 @@
+"""Value pools and samplers for the function-calling data (:mod:`fc_specs` uses them).
+
+A sampler takes a ``random.Random`` and returns a value. Most values are copied into the
+question as :func:`say` writes them. A :class:`Said` value is written one way in the question
+and held another way in the call ("5%" for a rate the description asks as a decimal, "Austin"
+for "City and state, e.g. Springfield, IL", "March 3, 2025" for a YYYY-MM-DD date, "the Prado
+Museum" for a museum's name, "2.5 million" for an amount), so that the model learns to read
+the parameter's description rather than copy words; :func:`gold` gives the call's form.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+CITIES = ["Denver", "Lisbon", "Osaka", "Nairobi", "Toronto", "Hamburg", "Lima", "Krakow", "Austin", "Lyon",
+          "Seoul", "Cairo", "Dublin", "Perth", "Bogota", "Oslo", "Mumbai", "Porto", "Accra", "Milan", "Quito"]
+PEOPLE = ["Maria Lopez", "James Smith", "Aisha Khan", "Kenji Tanaka", "Sofia Rossi", "Liam Murphy", "Olga Petrova",
+          "Diego Garcia", "Priya Patel", "Omar Haddad", "Grace Okafor", "Hiro Sato", "Elena Novak", "Arjun Singh"]
+COMPANIES = ["Nimbus Labs", "Orchard Foods", "Bluefin Energy", "Kestrel Motors", "Lumen Health", "Quarry Bank",
+             "Tidewater Shipping", "Helix Robotics", "Saffron Media", "Granite Insurance"]
+TICKERS = ["NMBS", "ORCH", "BLFN", "KSTR", "LUMN", "QRRY", "TDWR", "HLX", "SFRN", "GRNT"]
+LANGS = ["English", "French", "Spanish", "German", "Japanese", "Portuguese", "Italian", "Korean", "Swahili"]
+GENRES = ["jazz", "rock", "classical", "hip hop", "folk", "electronic", "blues", "reggae"]
+FOODS = ["lasagna", "pad thai", "banana bread", "chicken curry", "falafel", "tomato soup", "pancakes", "risotto"]
+ELEMENTS = ["carbon", "oxygen", "iron", "helium", "sodium", "copper", "nitrogen", "gold"]
+SPECIES = ["red fox", "snow leopard", "barn owl", "green turtle", "honey bee", "gray wolf", "koala", "orca"]
+TOPICS = ["renewable energy", "ancient Rome", "machine learning", "coral reefs", "the French Revolution",
+          "black holes", "urban gardening", "the Silk Road", "volcanoes", "jazz history"]
+MONTHS = ["January", "February", "March", "April", "May", "June", "July", "August", "September", "October",
+          "November", "December"]
+
+
+US_CITIES = [("New York", "New York", "NY"), ("Los Angeles", "California", "CA"), ("Chicago", "Illinois", "IL"),
+             ("Houston", "Texas", "TX"), ("Phoenix", "Arizona", "AZ"), ("Philadelphia", "Pennsylvania", "PA"),
+             ("San Antonio", "Texas", "TX"), ("San Diego", "California", "CA"), ("Dallas", "Texas", "TX"),
+             ("Austin", "Texas", "TX"), ("Jacksonville", "Florida", "FL"), ("Columbus", "Ohio", "OH"),
+             ("Charlotte", "North Carolina", "NC"), ("San Francisco", "California", "CA"),
+             ("Indianapolis", "Indiana", "IN"), ("Seattle", "Washington", "WA"), ("Denver", "Colorado", "CO"),
+             ("Boston", "Massachusetts", "MA"), ("Nashville", "Tennessee", "TN"), ("Detroit", "Michigan", "MI"),
+             ("Portland", "Oregon", "OR"), ("Las Vegas", "Nevada", "NV"), ("Memphis", "Tennessee", "TN"),
+             ("Baltimore", "Maryland", "MD"), ("Milwaukee", "Wisconsin", "WI"), ("Albuquerque", "New Mexico", "NM"),
+             ("Sacramento", "California", "CA"), ("Atlanta", "Georgia", "GA"), ("Miami", "Florida", "FL"),
+             ("Minneapolis", "Minnesota", "MN"), ("New Orleans", "Louisiana", "LA"), ("Cleveland", "Ohio", "OH"),
+             ("Pittsburgh", "Pennsylvania", "PA"), ("Salt Lake City", "Utah", "UT"), ("Orlando", "Florida", "FL")]
+CURRENCY_NAMES = {"USD": ["US dollars", "dollars"], "EUR": ["euros"], "GBP": ["British pounds", "pounds sterling"],
+                  "JPY": ["Japanese yen", "yen"], "CAD": ["Canadian dollars"], "CHF": ["Swiss francs"],
+                  "INR": ["Indian rupees"], "BRL": ["Brazilian reais"], "KES": ["Kenyan shillings"],
+                  "AUD": ["Australian dollars"]}
+LANDMARKS = ["Prado Museum", "Rijksmuseum", "Uffizi Gallery", "National Gallery", "Natural History Museum",
+             "Guggenheim Museum", "Colosseum", "Golden Gate Bridge", "Sydney Opera House", "Tower of London",
+             "Brandenburg Gate", "Acropolis", "Science Museum", "Vatican Museums", "Alhambra"]
+
+
+@dataclass(frozen=True)
+class Said:
+    """A value the question writes as ``text`` and the call holds as ``value``."""
+
+    text: str
+    value: object
+
+
+def gold(value):
+    """The call's form of a drawn value (``Said`` -> its value, inside lists and dicts too)."""
+    if isinstance(value, Said):
+        return value.value
+    if isinstance(value, list):
+        return [gold(v) for v in value]
+    if isinstance(value, dict):
+        return {k: gold(v) for k, v in value.items()}
+    return value
+
+
+def percent_decimal(r: random.Random) -> Said:
+    """A rate the call wants as a decimal; the question says "5%" or "5 percent" (or 0.05)."""
+    pct = r.choice([1, 1.5, 2, 2.5, 3, 3.5, 4, 4.5, 5, 6, 7, 8, 9, 10, 12, 15, 20, 25])
+    value = round(pct / 100, 4)
+    return Said(r.choice([f"{pct}%", f"{pct} percent", f"{pct}%", str(value)]), value)
+
+
+def us_city(r: random.Random) -> Said:
+    """"City, ST": the question names the city alone, with its state, or with the state code."""
+    city, state, code = r.choice(US_CITIES)
+    return Said(r.choice([city, city, city, f"{city}, {state}", f"{city}, {code}"]), f"{city}, {code}")
+
+
+def currency_code(r: random.Random) -> Said:
+    """An ISO code the question names in words ("Japanese yen") or as the code itself."""
+    code = r.choice(list(CURRENCY_NAMES))
+    return Said(r.choice(CURRENCY_NAMES[code] + [code]), code)
+
+
+def landmark(r: random.Random) -> Said:
+    """A name the question says with "the" in front ("the Prado Museum") and the call without."""
+    name = r.choice(LANDMARKS)
+    return Said(f"the {name}" if r.random() < 0.7 else name, name)
+
+
+def millions(lo: float, hi: float):
+    """Large amounts the question says as "2.5 million"; the call holds 2500000."""
+    def draw(r: random.Random) -> Said:
+        m = round(r.uniform(lo, hi), r.choice([0, 1]))
+        m = int(m) if m == int(m) else m
+        return Said(f"{m} million", int(round(m * 1_000_000)))
+    return draw
+
+
+def num(lo: float, hi: float, dec: int = 0):
+    """A number sampler: ints when dec == 0, else floats with up to `dec` decimals."""
+    def draw(r: random.Random):
+        return r.randint(int(lo), int(hi)) if dec == 0 else round(r.uniform(lo, hi), r.randint(1, dec))
+    return draw
+
+
+def pick(pool: list):
+    return lambda r: r.choice(pool)
+
+
+def many(inner, lo: int, hi: int):
+    def draw(r: random.Random):
+        out: list = []
+        while len(out) < r.randint(lo, hi):
+            v = inner(r)
+            if v not in out:
+                out.append(v)
+        return out
+    return draw
+
+
+def date(r: random.Random) -> str:
+    return f"{r.randint(2023, 2026)}-{r.randint(1, 12):02d}-{r.randint(1, 28):02d}"
+
+
+def spoken_date(r: random.Random) -> Said:
+    """A YYYY-MM-DD date the question writes as ISO or in words ("March 3, 2025", "3 March 2025")."""
+    y, m, d = r.randint(2023, 2026), r.randint(1, 12), r.randint(1, 28)
+    month = MONTHS[m - 1]
+    text = r.choice([f"{y}-{m:02d}-{d:02d}", f"{month} {d}, {y}", f"{d} {month} {y}", f"{month[:3]} {d}, {y}"])
+    return Said(text, f"{y}-{m:02d}-{d:02d}")
+
+
+def say(value) -> str:
+    """How a value is written in a question."""
+    if isinstance(value, Said):
+        return value.text
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, list):
+        parts = [say(v) for v in value]
+        return ", ".join(parts[:-1]) + " and " + parts[-1] if len(parts) > 1 else parts[0]
+    return str(value)
