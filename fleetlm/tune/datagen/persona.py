@@ -1,10 +1,17 @@
-"""Customer queries for the bookshop persona (prompt: ``persona_prompt.txt``, ~1,400 tokens).
+"""Customer queries for the bookshop persona (prompt: ``persona_prompt.txt``, 2,761 Gemma tokens).
 
 Queries are template x value pairs, each asked with one of a few greetings and written as
 ``"Customer: <greeting><question>\\nPip:"`` for ``fleet tune distill --format text --stop
 "\\n"``. The split is by pair: a held-out query's (template, value) pair is never seen in
 training under any greeting (each template and each value does appear in training, in other
-pairs); training takes every greeting of its pairs, held-out one greeting per pair."""
+pairs); training takes every greeting of its pairs, held-out one greeting per pair.
+
+The prompt is the shop guide plus 46 example replies (at least one per topic, worded unlike the
+query templates; a test checks that no held-out question is among them). With only five
+examples the 270M teacher was inconsistent with itself: asked the same question under the five
+greetings, 23% of queries got a greedy answer other than their pair's most common one (16%
+with the 46 examples), and a student cannot agree with a teacher more often than the teacher
+agrees with itself."""
 
 from __future__ import annotations
 
