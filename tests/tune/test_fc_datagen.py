@@ -53,6 +53,21 @@ def test_deterministic_for_a_seed(tmp_path):
     assert fc.generate_rows(20, seed=1, root=tmp_path) != fc.generate_rows(20, seed=2, root=tmp_path)
 
 
+def _dates(value) -> list[tuple[int, int, int]]:
+    """(year, month, day) readings of a date string in YYYY-MM-DD, MM-DD-YYYY, DD/MM/YYYY or
+    MM/DD/YYYY (a slashed date is read both ways)."""
+    if not isinstance(value, str):
+        return []
+    if m := re.fullmatch(r"(\d{4})-(\d\d)-(\d\d)", value):
+        return [(int(m[1]), int(m[2]), int(m[3]))]
+    if m := re.fullmatch(r"(\d\d)-(\d\d)-(\d{4})", value):
+        return [(int(m[3]), int(m[1]), int(m[2]))]
+    if m := re.fullmatch(r"(\d\d)/(\d\d)/(\d{4})", value):
+        a, b, y = int(m[1]), int(m[2]), int(m[3])
+        return [(y, mo, d) for mo, d in ((a, b), (b, a)) if 1 <= mo <= 12]
+    return []
+
+
 def _spoken(value) -> list[str]:
     """Ways a question may write an argument: as is, or in a form the description converts."""
     forms = [str(value)]
@@ -63,8 +78,7 @@ def _spoken(value) -> list[str]:
         forms.append(f"{value / 1e6:g} million")
     if isinstance(value, str) and re.fullmatch(r"[^,]+, [A-Z]{2}", value):
         forms.append(value.split(",")[0])  # "Austin, TX" asked as "Austin" / "Austin, Texas"
-    if isinstance(value, str) and re.fullmatch(r"\d{4}-\d\d-\d\d", value):
-        y, m, d = (int(x) for x in value.split("-"))
+    for y, m, d in _dates(value):
         month = MONTHS[m - 1]
         forms += [f"{month} {d}, {y}", f"{d} {month} {y}", f"{month[:3]} {d}, {y}"]
     if isinstance(value, str) and value in CURRENCY_NAMES:

@@ -6,6 +6,8 @@ and held another way in the call ("5%" for a rate the description asks as a deci
 for "City and state, e.g. Springfield, IL", "March 3, 2025" for a YYYY-MM-DD date, "the Prado
 Museum" for a museum's name, "2.5 million" for an amount), so that the model learns to read
 the parameter's description rather than copy words; :func:`gold` gives the call's form.
+The other side is taught too: a city under a plain "City" description is copied as the
+question writes it ("Boston", or "Seattle, Washington"), not given a state code.
 """
 
 from __future__ import annotations
@@ -47,6 +49,9 @@ CURRENCY_NAMES = {"USD": ["US dollars", "dollars"], "EUR": ["euros"], "GBP": ["B
                   "JPY": ["Japanese yen", "yen"], "CAD": ["Canadian dollars"], "CHF": ["Swiss francs"],
                   "INR": ["Indian rupees"], "BRL": ["Brazilian reais"], "KES": ["Kenyan shillings"],
                   "AUD": ["Australian dollars"]}
+EVENTS = ["Moon landing", "Cold War", "Renaissance", "French Revolution", "Battle of Hastings", "Treaty of Versailles",
+          "Boston Tea Party", "Industrial Revolution", "Great Fire of London", "Congress of Vienna",
+          "California Gold Rush", "Meiji Restoration"]
 LANDMARKS = ["Prado Museum", "Rijksmuseum", "Uffizi Gallery", "National Gallery", "Natural History Museum",
              "Guggenheim Museum", "Colosseum", "Golden Gate Bridge", "Sydney Opera House", "Tower of London",
              "Brandenburg Gate", "Acropolis", "Science Museum", "Vatican Museums", "Alhambra"]
@@ -84,16 +89,31 @@ def us_city(r: random.Random) -> Said:
     return Said(r.choice([city, city, city, f"{city}, {state}", f"{city}, {code}"]), f"{city}, {code}")
 
 
+def plain_city(r: random.Random) -> str:
+    """A city for a plain "City" description: copied as the question says it, US cities included
+    (so that "Boston" stays "Boston" unless the description asks for "City, ST")."""
+    if r.random() < 0.5:
+        return r.choice(CITIES)
+    city, state, _ = r.choice(US_CITIES)
+    return f"{city}, {state}" if r.random() < 0.3 else city
+
+
 def currency_code(r: random.Random) -> Said:
     """An ISO code the question names in words ("Japanese yen") or as the code itself."""
     code = r.choice(list(CURRENCY_NAMES))
     return Said(r.choice(CURRENCY_NAMES[code] + [code]), code)
 
 
-def landmark(r: random.Random) -> Said:
+def the_name(pool: list[str]):
     """A name the question says with "the" in front ("the Prado Museum") and the call without."""
-    name = r.choice(LANDMARKS)
-    return Said(f"the {name}" if r.random() < 0.7 else name, name)
+    def draw(r: random.Random) -> Said:
+        name = r.choice(pool)
+        return Said(f"the {name}" if r.random() < 0.7 else name, name)
+    return draw
+
+
+landmark = the_name(LANDMARKS)
+historical_event = the_name(EVENTS)
 
 
 def millions(lo: float, hi: float):
@@ -131,12 +151,22 @@ def date(r: random.Random) -> str:
     return f"{r.randint(2023, 2026)}-{r.randint(1, 12):02d}-{r.randint(1, 28):02d}"
 
 
-def spoken_date(r: random.Random) -> Said:
-    """A YYYY-MM-DD date the question writes as ISO or in words ("March 3, 2025", "3 March 2025")."""
-    y, m, d = r.randint(2023, 2026), r.randint(1, 12), r.randint(1, 28)
-    month = MONTHS[m - 1]
-    text = r.choice([f"{y}-{m:02d}-{d:02d}", f"{month} {d}, {y}", f"{d} {month} {y}", f"{month[:3]} {d}, {y}"])
-    return Said(text, f"{y}-{m:02d}-{d:02d}")
+DATE_FORMATS = {"YYYY-MM-DD": "{y}-{m:02d}-{d:02d}", "MM-DD-YYYY": "{m:02d}-{d:02d}-{y}",
+                "DD/MM/YYYY": "{d:02d}/{m:02d}/{y}", "MM/DD/YYYY": "{m:02d}/{d:02d}/{y}"}
+
+
+def date_in(fmt: str):
+    """A date the call holds in ``fmt`` (a key of DATE_FORMATS, which the parameter's description
+    names) and the question writes in words ("March 3, 2025", "3 March 2025") or in the format."""
+    def draw(r: random.Random) -> Said:
+        y, m, d = r.randint(2023, 2026), r.randint(1, 12), r.randint(1, 28)
+        month = MONTHS[m - 1]
+        call = DATE_FORMATS[fmt].format(y=y, m=m, d=d)
+        return Said(r.choice([call, f"{month} {d}, {y}", f"{d} {month} {y}", f"{month[:3]} {d}, {y}"]), call)
+    return draw
+
+
+spoken_date = date_in("YYYY-MM-DD")
 
 
 def say(value) -> str:
