@@ -11,8 +11,8 @@ import pytest
 
 from fleetlm.tune.data import parse_example, plain_messages
 from fleetlm.tune.datagen import fc
-from fleetlm.tune.datagen.fc_specs import SPECS
-from fleetlm.tune.datagen.fc_values import CURRENCY_NAMES, MONTHS
+from fleetlm.tune.datagen.fc_values import (COMPOUNDING, CURRENCY_NAMES, MONTHS, NUMBER_WORDS, SPANS,
+                                            US_CITIES)
 
 SHARED = Path(__file__).resolve().parents[3] / "shared" / "data" / "function_calling"
 needs_data = pytest.mark.skipif(not (SHARED / "nestful").is_dir(),
@@ -83,6 +83,15 @@ def _spoken(value) -> list[str]:
         forms += [f"{month} {d}, {y}", f"{d} {month} {y}", f"{month[:3]} {d}, {y}"]
     if isinstance(value, str) and value in CURRENCY_NAMES:
         forms += CURRENCY_NAMES[value]
+    if isinstance(value, float) and value >= 1:
+        forms += [f"{value:g}%", f"{value:g} percent"]  # a rate "as a percentage"
+    if isinstance(value, int) and not isinstance(value, bool):
+        forms += [f"{value:,}"]
+        forms += [NUMBER_WORDS[value]] if 0 <= value < len(NUMBER_WORDS) else []
+        forms += [w for w, n in list(COMPOUNDING.items()) + list(SPANS.items()) if n == value]
+        forms += [f"{value // 60} minute"] if value and value % 60 == 0 else []
+        forms += ["rest"] if value == 0 else []
+    forms += [city for city, state, _ in US_CITIES if state == value]  # the state of a city said alone
     return forms
 
 
@@ -104,7 +113,7 @@ def test_values_are_copied_or_converted_from_the_question(tmp_path):
 
 
 def test_optional_parameters_sometimes_left_out(tmp_path):
-    spec = next(s for s in SPECS if s.name == "hotel_room_search")
+    spec = next(s for s in fc.SPECS if s.name == "hotel_room_search")
     source = fc.own_source(spec)
     import random
 
@@ -146,7 +155,7 @@ def test_full_mix_valid_and_no_bfcl_function_names(tmp_path):
     bfcl = _bfcl_names()
     assert len(bfcl) > 500
     # every tool that can ever appear, not just the ones this sample drew
-    every = {s.name for s in SPECS} | {s.name for s in fc.nestful_sources(SHARED)}
+    every = {s.name for s in fc.SPECS} | {s.name for s in fc.nestful_sources(SHARED)}
     every |= {t["function"]["name"] for t in fc.metatool_tools(SHARED)}
     every |= {t["function"]["name"] for r in rows for t in r["tools"]}
     clash = sorted(n for n in every if n.lower() in bfcl)

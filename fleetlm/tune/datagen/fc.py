@@ -4,7 +4,8 @@
 
 Sources (BFCL questions, answers and functions are never read):
 
-* the templated python-style functions of :mod:`fleetlm.tune.datagen.fc_specs` (typed
+* the templated python-style functions of :mod:`fleetlm.tune.datagen.fc_specs` and
+  :mod:`~fleetlm.tune.datagen.fc_specs_more` (typed
   parameters: ints, floats, strings, enums, arrays, an object; optional ones with defaults);
 * NESTFUL's tool specs (``nestful/*-spec.json``): parameters and descriptions only, values
   drawn by type and name, questions from generic templates; glaive names are rewritten in
@@ -34,8 +35,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fleetlm.tune.datagen.common import write_jsonl
-from fleetlm.tune.datagen.fc_specs import SPECS, Spec
+from fleetlm.tune.datagen import fc_specs, fc_specs_more
+from fleetlm.tune.datagen.fc_specs import Spec
 from fleetlm.tune.datagen.fc_values import CITIES, LANGS, PEOPLE, TOPICS, date, gold, say
+
+SPECS = fc_specs.SPECS + fc_specs_more.SPECS  # every templated function
 
 MIX = {"simple": 0.26, "multiple": 0.32, "parallel": 0.12, "parallel_multiple": 0.10, "irrelevance": 0.20}
 HARD_DISTRACTORS = 0.6  # share of `multiple` examples whose other tools resemble the right one

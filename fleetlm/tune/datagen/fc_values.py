@@ -179,3 +179,78 @@ def say(value) -> str:
         parts = [say(v) for v in value]
         return ", ".join(parts[:-1]) + " and " + parts[-1] if len(parts) > 1 else parts[0]
     return str(value)
+
+
+# ---------- values said in words (used by fc_specs_more) ----------
+
+NUMBER_WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven",
+                "twelve"]
+COMPOUNDING = {"annually": 1, "semi-annually": 2, "quarterly": 4, "monthly": 12, "weekly": 52, "daily": 365}
+SPANS = {"the next week": 7, "the next two weeks": 14, "the coming month": 30, "the next 3 days": 3,
+         "the next 10 days": 10}
+CITY_COUNTRY = [("Tokyo", "Japan"), ("Sydney", "Australia"), ("London", "United Kingdom"), ("Paris", "France"),
+                ("Osaka", "Japan"), ("Lisbon", "Portugal"), ("Nairobi", "Kenya"), ("Toronto", "Canada"),
+                ("Hamburg", "Germany"), ("Lima", "Peru"), ("Krakow", "Poland"), ("Seoul", "South Korea"),
+                ("Cairo", "Egypt"), ("Dublin", "Ireland"), ("Bogota", "Colombia"), ("Oslo", "Norway"),
+                ("Mumbai", "India"), ("Accra", "Ghana"), ("Milan", "Italy"), ("Quito", "Ecuador")]
+
+
+def counted(lo: int, hi: int):
+    """A small count the question says as a word ("five") or in digits; the call holds the int."""
+    def draw(r: random.Random):
+        n = r.randint(lo, hi)
+        return Said(NUMBER_WORDS[n], n) if n < len(NUMBER_WORDS) and r.random() < 0.6 else n
+    return draw
+
+
+def dollars(lo: int, hi: int):
+    """A money amount said with a thousands separator ("$12,500", "12,500 dollars"); the call
+    holds the plain number."""
+    def draw(r: random.Random):
+        v = r.randrange(lo, hi, 500 if hi > 5000 else 50)
+        return Said(r.choice([f"${v:,}", f"{v:,} dollars", f"${v:,}"]), v) if v >= 1000 else v
+    return draw
+
+
+def as_percent(r: random.Random) -> Said:
+    """A rate whose description says "as a percentage": "6%" stays 6.0 in the call."""
+    pct = r.choice([1.5, 2, 2.5, 3, 4, 5, 6, 7, 8, 10, 12])
+    return Said(r.choice([f"{pct}%", f"{pct} percent"]), float(pct))
+
+
+def compounding(r: random.Random) -> Said:
+    """Compounding periods per year said as a word ("monthly" -> 12)."""
+    word = r.choice(list(COMPOUNDING))
+    return Said(word, COMPOUNDING[word])
+
+
+def span_days(r: random.Random) -> Said:
+    """A number of days said as a span ("the next week" -> 7)."""
+    words = r.choice(list(SPANS))
+    return Said(words, SPANS[words])
+
+
+def minutes_as_seconds(r: random.Random) -> Said:
+    """A duration the call wants in seconds, said in minutes ("3 minutes" -> 180)."""
+    m = r.randint(1, 12)
+    return Said(f"{m} minute" + ("s" if m > 1 else ""), m * 60)
+
+
+def rest_or_speed(r: random.Random):
+    """An initial speed: "rest" (0) or "12 m/s"."""
+    return Said("rest", 0) if r.random() < 0.4 else Said(f"{(v := r.randint(1, 40))} m/s", v)
+
+
+def linked(pairs: list[tuple]):
+    """Two samplers that draw one pair: ``first`` picks a pair and returns its first item,
+    ``second`` returns the second item of the pair ``first`` drew last. A spec lists the
+    parameter using ``first`` before the one using ``second`` (parameters are drawn in order)."""
+    last: dict = {}
+
+    def first(r: random.Random):
+        last["pair"] = r.choice(pairs)
+        return last["pair"][0]
+
+    def second(r: random.Random):
+        return last["pair"][1]
+    return first, second
