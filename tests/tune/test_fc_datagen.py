@@ -161,3 +161,24 @@ def test_full_mix_valid_and_no_bfcl_function_names(tmp_path):
     clash = sorted(n for n in every if n.lower() in bfcl)
     assert not clash, f"tool names shared with BFCL: {clash}"
     assert any(s.domain == "nestful" for s in fc.nestful_sources(SHARED))
+
+
+def test_linked_values_and_rate_conventions():
+    """A city and its country (or a US city and its state) are drawn as one pair; a rate under a
+    plain description is a decimal, one "as a percentage" keeps the number the question says."""
+    import random
+
+    from fleetlm.tune.datagen.fc_values import CITY_COUNTRY
+
+    r = random.Random(0)
+    spec = {s.name: fc.own_source(s) for s in fc.SPECS}
+    states = {city: state for city, state, _ in US_CITIES}
+    for _ in range(40):
+        q, a = spec["clock_time_in_city"].sample(r)
+        assert (a["city"], a["country"]) in CITY_COUNTRY and a["city"] in q
+        q, a = spec["crime_stats_by_city"].sample(r)
+        assert states[a["city"]] == a["state"] and a["city"] in q
+        q, a = spec["investment_projection"].sample(r)
+        assert 0 < a["annual_return"] < 1
+        q, a = spec["deposit_growth_percent"].sample(r)
+        assert a["interest"] >= 1 and f"{a['interest']:g}" in q
