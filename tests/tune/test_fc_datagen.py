@@ -11,8 +11,8 @@ import pytest
 
 from fleetlm.tune.data import parse_example, plain_messages
 from fleetlm.tune.datagen import fc
-from fleetlm.tune.datagen.fc_values import (COMPOUNDING, CURRENCY_NAMES, MONTHS, NUMBER_WORDS, SPANS,
-                                            US_CITIES)
+from fleetlm.tune.datagen.fc_values import (CITY_COUNTRY, COMPOUNDING, CURRENCY_NAMES, MONTHS, NUMBER_WORDS,
+                                            SPANS, US_CITIES)
 
 SHARED = Path(__file__).resolve().parents[3] / "shared" / "data" / "function_calling"
 needs_data = pytest.mark.skipif(not (SHARED / "nestful").is_dir(),
@@ -167,8 +167,6 @@ def test_linked_values_and_rate_conventions():
     """A city and its country (or a US city and its state) are drawn as one pair; a rate under a
     plain description is a decimal, one "as a percentage" keeps the number the question says."""
     import random
-
-    from fleetlm.tune.datagen.fc_values import CITY_COUNTRY
 
     r = random.Random(0)
     spec = {s.name: fc.own_source(s) for s in fc.SPECS}

@@ -27,7 +27,6 @@ from fleetlm.tune.datagen.fc_values import (CITIES, CITY_COUNTRY, COMPANIES, PEO
                                             rest_or_speed, span_days)
 
 _city, _country = linked(CITY_COUNTRY)
-_city2, _country2 = linked(CITY_COUNTRY)
 _us_city, _us_state = linked([(Said(text, city), state) for city, state, _ in US_CITIES
                               for text in (city, f"{city}, {state}")])
 
@@ -45,6 +44,8 @@ HOTELS = ["Grand Lakeside Hotel", "Hotel Aurora", "Palm Court Inn", "Harbor View
 CASES = ["Carter v. Holmes", "State vs Delgado", "Miller v. Ortega Shipping", "People v. Brandt",
          "Nguyen vs Bright Dental", "Okafor v. City of Lima"]
 UNITS = ["inches", "cm", "meters", "feet", "mm"]
+AMENITIES = ["patio", "parking", "wifi", "live music"]
+RECORD_FIELDS = ["salary", "address", "job history"]
 PLACES = ["coffee shop", "bookstore", "park", "bakery", "museum", "gym", "pizza place"]
 
 SPECS = [
@@ -75,7 +76,7 @@ SPECS = [
       ["What time is it now in {city}, {country}{clock?}?", "Tell me the current time in {city} ({country}){clock?}.",
        "I'm calling someone in {city}, {country}. What's the time there{clock?}?"], "geo"),
     S("air_pollution_reading", "Air quality index of a city.",
-      [P("city", STR, "The city", _city2), P("country", STR, "The country", _country2),
+      [P("city", STR, "The city", _city), P("country", STR, "The country", _country),
        opt(P("date", STR, "Date as MM-DD-YYYY", date_in("MM-DD-YYYY")), " on {v}")],
       ["What's the air quality in {city}, {country}{date?}?",
        "Check the pollution index of {city} in {country}{date?}."],
@@ -149,15 +150,13 @@ SPECS = [
     S("venue_search_amenities", "Find cafes or restaurants with given amenities.",
       [P("city", STR, "City", plain_city),
        P("cuisine", STR, "Kind of food", pick(["Thai", "Italian", "vegan", "Greek"])),
-       opt(P("amenities", ARR, "Required amenities", lambda r: r.sample(["patio", "parking", "wifi", "live music"],
-                                                                          r.randint(1, 2)),
-             items={"type": "string", "enum": ["patio", "parking", "wifi", "live music"]}), " with {v}")],
+       opt(P("amenities", ARR, "Required amenities", lambda r: r.sample(AMENITIES, r.randint(1, 2)),
+             items={"type": "string", "enum": AMENITIES}), " with {v}")],
       ["Find a {cuisine} restaurant in {city}{amenities?}.", "Any {cuisine} places{amenities?} in {city}?"], "food"),
     S("staff_record_fields", "Fields of an employee's record.",
       [P("employee_id", INT, "Employee number", num(100, 9999)),
-       opt(P("fields", ARR, "Which fields to return", lambda r: r.sample(["salary", "address", "job history"],
-                                                                           r.randint(1, 2)),
-             items={"type": "string", "enum": ["salary", "address", "job history"]}), " and show their {v}")],
+       opt(P("fields", ARR, "Which fields to return", lambda r: r.sample(RECORD_FIELDS, r.randint(1, 2)),
+             items={"type": "string", "enum": RECORD_FIELDS}), " and show their {v}")],
       ["Open the record of employee {employee_id}{fields?}.", "Fetch employee #{employee_id}{fields?}."], "office"),
     S("film_listings_upcoming", "Films showing in a city over the coming days.",
       [P("city", STR, "City", plain_city),

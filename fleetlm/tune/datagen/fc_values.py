@@ -218,16 +218,16 @@ def as_percent(r: random.Random) -> Said:
     return Said(r.choice([f"{pct}%", f"{pct} percent"]), float(pct))
 
 
-def compounding(r: random.Random) -> Said:
-    """Compounding periods per year said as a word ("monthly" -> 12)."""
-    word = r.choice(list(COMPOUNDING))
-    return Said(word, COMPOUNDING[word])
+def worded(meanings: dict):
+    """A value the question says in words and the call holds as their meaning."""
+    def draw(r: random.Random) -> Said:
+        words = r.choice(list(meanings))
+        return Said(words, meanings[words])
+    return draw
 
 
-def span_days(r: random.Random) -> Said:
-    """A number of days said as a span ("the next week" -> 7)."""
-    words = r.choice(list(SPANS))
-    return Said(words, SPANS[words])
+compounding = worded(COMPOUNDING)  # periods per year: "monthly" -> 12
+span_days = worded(SPANS)  # days: "the next week" -> 7
 
 
 def minutes_as_seconds(r: random.Random) -> Said:
