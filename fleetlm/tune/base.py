@@ -41,6 +41,22 @@ def load_base(base: str, *, cache_dir: str | None = None) -> BaseModel:
     return BaseModel(path=path, model=model, tokenizer=tok)
 
 
+def resolve_train_dtype(dtype: str) -> str:
+    """``auto`` -> ``bf16`` on CUDA or a CPU with native bf16 (AVX-512 BF16 / AMX), else ``fp32``.
+
+    Why: without native bf16 the CPU emulates it and matmuls run ~100x slower than fp32 (measured
+    on an AVX2-only EPYC: 0.9 vs 133 GFLOP/s), which would turn a 40-minute tune into days.
+    ``bf16`` and ``fp32`` pass through unchanged; anything else is a ValueError.
+    """
+    if dtype in ("bf16", "fp32"):
+        return dtype
+    if dtype != "auto":
+        raise ValueError(f"dtype must be 'auto', 'bf16' or 'fp32', not {dtype!r}")
+    from fleetlm.engine.loader import cpu_has_fast_bf16
+
+    return "bf16" if torch.cuda.is_available() or cpu_has_fast_bf16() else "fp32"
+
+
 def autocast(dtype: str):
     """bf16 autocast context for 'bf16' (CPU or CUDA), nothing for 'fp32'."""
     if dtype == "fp32":

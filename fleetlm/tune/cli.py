@@ -29,7 +29,8 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=float, default=1.0)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--dtype", default="bf16", choices=["bf16", "fp32"], help="training autocast dtype")
+    p.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp32"],
+                   help="matmul dtype (auto: bf16 on CUDA or a CPU with native bf16, else fp32)")
     p.add_argument("--checkpoint-every", type=int, default=50, help="steps between checkpoints (<out>.ckpt/)")
     p.add_argument("--max-steps", type=int, default=None, help="stop at this step (resume later)")
     p.add_argument("--eval-every", type=int, default=0, help="steps between held-out evaluations")
@@ -89,9 +90,14 @@ def add_tune_parser(subparsers) -> argparse.ArgumentParser:
 def _lora_loop(args):
     from fleetlm.tune.trainer import LoopParams, LoraParams
 
+    from fleetlm.tune.base import resolve_train_dtype
+
+    dtype = resolve_train_dtype(args.dtype)
+    if args.dtype == "auto":
+        print(f"fleetlm: training matmuls in {dtype} (--dtype auto)", file=sys.stderr)
     lora = LoraParams(rank=args.rank, alpha=args.alpha, dropout=args.dropout,
                       target_modules=[m.strip() for m in args.target_modules.split(",") if m.strip()])
-    loop = LoopParams(lr=args.lr, epochs=args.epochs, batch_size=args.batch_size, seed=args.seed, dtype=args.dtype,
+    loop = LoopParams(lr=args.lr, epochs=args.epochs, batch_size=args.batch_size, seed=args.seed, dtype=dtype,
                       checkpoint_every=args.checkpoint_every, max_steps=args.max_steps, eval_every=args.eval_every)
     return lora, loop
 

@@ -88,3 +88,18 @@ def test_resume_refuses_other_hyperparameters(tiny_gemma, tmp_path):
     cfg.resume = True
     with pytest.raises(ValueError, match="refusing to resume"):
         run_sft(cfg)
+
+
+def test_train_dtype_auto_follows_the_hardware(monkeypatch):
+    """--dtype auto picks bf16 only where it is native; explicit choices pass; others are refused."""
+    import fleetlm.engine.loader as loader
+    from fleetlm.tune.base import resolve_train_dtype
+
+    assert resolve_train_dtype("fp32") == "fp32" and resolve_train_dtype("bf16") == "bf16"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(loader, "cpu_has_fast_bf16", lambda: False)
+    assert resolve_train_dtype("auto") == "fp32"
+    monkeypatch.setattr(loader, "cpu_has_fast_bf16", lambda: True)
+    assert resolve_train_dtype("auto") == "bf16"
+    with pytest.raises(ValueError, match="dtype must be"):
+        resolve_train_dtype("fp16")
