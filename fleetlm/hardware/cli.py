@@ -114,7 +114,7 @@ def cmd_calibrate(args) -> int:
     import os
 
     print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores; clock: {args.clock}", flush=True)
-    print("measuring this machine's bf16 GEMM peak and memory bandwidth ...", flush=True)
+    print("measuring this machine's GEMM peak (in the engine's dtype) and memory bandwidth ...", flush=True)
     local = measure_local_cpu(now=cal.clock(args.clock))
     print(f"  {local.bf16_tflops * 1e3:.0f} GFLOP/s, {local.mem_bw_gbps:.1f} GB/s ({local.source})", flush=True)
     engine, points = cal.run_sweep(model=args.model, repeats=args.repeats, clock_kind=args.clock,

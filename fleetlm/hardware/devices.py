@@ -122,15 +122,24 @@ def get_devices(*, user: list[dict] | None = None, local: Device | None = None) 
     return out
 
 
-def measure_local_cpu(*, dtype: str = "bf16", seconds: float = 1.0, name: str = "local-cpu", now=None) -> Device:
+def measure_local_cpu(*, dtype: str = "auto", seconds: float = 1.0, name: str = "local-cpu", now=None) -> Device:
     """This machine, measured: best-of-repeats GEMM FLOP/s in `dtype` and streaming read
     bandwidth (a large tensor sum), with torch's current thread count, on the clock `now`
-    (default wall time; calibration passes its CPU-time clock). Price 0: it is here."""
+    (default wall time; calibration passes its CPU-time clock). Price 0: it is here.
+
+    `dtype` "auto" measures the dtype the engine runs here (`engine.loader.resolve_dtype`): bf16
+    on CPUs with AVX-512 BF16 or AMX, fp32 elsewhere, where bf16 is emulated ~100x slower and
+    the engine does not use it. The figure goes in `bf16_tflops` (the field the perf model
+    reads as "dense matmul peak") and `source` names the dtype measured."""
     import os
 
     import torch
 
     now = now or time.perf_counter
+    if dtype == "auto":
+        from fleetlm.engine.loader import cpu_has_fast_bf16
+
+        dtype = "bf16" if cpu_has_fast_bf16() else "fp32"
 
     tdtype = torch.bfloat16 if dtype == "bf16" else torch.float32
     a = torch.randn(1024, 2048, dtype=tdtype)
