@@ -95,6 +95,11 @@ class Embedder:
         self._tokenizer = AutoTokenizer.from_pretrained(folder)
         self._model = AutoModel.from_pretrained(folder, dtype=torch.float32)
         self._model.to(self.device).eval()
+        # The lean fused/pre-packed forward where it applies (fp32 BERT on CPU): same vectors,
+        # less per-call overhead, which is most of a short routing window's cost.
+        from fleetlm.models.bert_fast import FastBert
+
+        self._fast = FastBert(self._model) if FastBert.supports(self._model) else None
         config = self._model.config
         self.dim: int = config.hidden_size
         room = min(self._tokenizer.model_max_length, config.max_position_embeddings)
@@ -149,7 +154,10 @@ class Embedder:
             input_ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
             mask[i, : len(row)] = 1
         input_ids, mask = input_ids.to(self.device), mask.to(self.device)
-        hidden = self._model(input_ids=input_ids, attention_mask=mask).last_hidden_state  # (B, T, dim)
+        if self._fast is not None:
+            hidden = self._fast(input_ids, mask)  # (B, T, dim)
+        else:
+            hidden = self._model(input_ids=input_ids, attention_mask=mask).last_hidden_state
         weights = mask.unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
         # Same clamp as sentence-transformers' Pooling, so an all-pad row cannot divide by 0.
         pooled = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1e-9)

@@ -14,10 +14,16 @@ same window parameters must be used to train and to route (the router saves them
 
 from __future__ import annotations
 
+import re
 import threading
 from dataclasses import asdict, dataclass
 
 import numpy as np
+
+# Characters BERT's pre-tokenizer always splits at (not Python's \s: it also matches \x0b,
+# \x0c and \x1c-\x1f, which BERT deletes as control characters, joining their neighbours).
+_SPLIT = " \t\n\r"
+_FIRST_WS = re.compile(r"[ \t\n\r]")
 
 
 @dataclass(frozen=True)
@@ -40,6 +46,7 @@ class RoutingEncoder:
         self.config = config
         self._embedder = embedder  # fleetlm.models.embeddings.Embedder, built lazily
         self._tokenizer = None
+        self._bert_pretokenizer = False  # set on load: may prompts be tokenized in slices?
         # A fast tokenizer raises "Already borrowed" if two threads call it at once.
         self._lock = threading.Lock()
 
@@ -59,8 +66,43 @@ class RoutingEncoder:
     def encode(self, texts: list[str]) -> np.ndarray:
         self._ensure_loaded()
         with self._lock:
-            ids = self._tokenizer(list(texts), add_special_tokens=False)["input_ids"]
-        return self._embedder.embed_token_ids([self.window(r) for r in ids]).vectors.numpy()
+            rows = self._window_ids(list(texts))
+        return self._embedder.embed_token_ids(rows).vectors.numpy()
+
+    def _window_ids(self, texts: list[str]) -> list[list[int]]:
+        """``window(tokenize(text))`` for each text, tokenizing only the two ends of long ones.
+
+        Exact, not an approximation: BERT's normalizer works per character and its
+        pre-tokenizer splits at whitespace, so a slice cut at whitespace tokenizes to exactly
+        the ids its words have in the whole text. A slice that holds too few tokens (very long
+        words) falls back to the whole text. Saves ~1 ms per few-shot prompt on 2 cores.
+        """
+        h, t = self.config.head_tokens, self.config.tail_tokens
+        span_h, span_t = 16 * h + 64, 16 * t + 64  # chars: far more than h / t tokens need
+        out: list[list[int] | None] = [None] * len(texts)
+        cuts = {}
+        if self._bert_pretokenizer:
+            for i, s in enumerate(texts):
+                if len(s) <= span_h + span_t:
+                    continue
+                head_end = max(s.rfind(c, 0, span_h) for c in _SPLIT) if h else 0
+                tail_at = _FIRST_WS.search(s, len(s) - span_t) if t else None
+                tail_start = tail_at.start() if tail_at else (len(s) if not t else -1)
+                if head_end >= 0 and tail_start >= 0 and head_end <= tail_start:
+                    cuts[i] = (s[:head_end], s[tail_start:])
+        if cuts:
+            order = list(cuts)
+            enc = self._tokenizer([c for i in order for c in cuts[i]], add_special_tokens=False)["input_ids"]
+            for j, i in enumerate(order):
+                head, tail = enc[2 * j], enc[2 * j + 1]
+                if len(head) >= h and len(tail) >= t:
+                    out[i] = head[:h] + (tail[-t:] if t else [])
+        rest = [i for i, row in enumerate(out) if row is None]
+        if rest:
+            full = self._tokenizer([texts[i] for i in rest], add_special_tokens=False)["input_ids"]
+            for i, ids in zip(rest, full):
+                out[i] = self.window(ids)
+        return out
 
     def _ensure_loaded(self) -> None:
         with self._lock:
@@ -78,4 +120,6 @@ class RoutingEncoder:
         # need its ids, and long prompts are cut to the window before the model sees them.
         tok = AutoTokenizer.from_pretrained(minilm_folder())
         tok.model_max_length = 1 << 30  # silence the "longer than 512" warning: we cut below
+        pre = getattr(getattr(tok, "backend_tokenizer", None), "pre_tokenizer", None)
+        self._bert_pretokenizer = type(pre).__name__ == "BertPreTokenizer"  # slicing is exact only then
         self._tokenizer = tok
