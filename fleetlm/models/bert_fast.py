@@ -12,7 +12,9 @@ Contract: ``FastBert.supports(model)`` says whether a model can be run here (Ber
 absolute positions, exact GELU, fp32 on CPU); ``FastBert(model)(input_ids, attention_mask)``
 returns the last hidden states ``(B, T, hidden)`` equal to ``model(...).last_hidden_state``
 within float rounding (~1e-6) for right-padded batches. Token type ids are all 0, as in
-sentence-transformers' single-sentence use. The HF model is only read, never changed.
+sentence-transformers' single-sentence use. The HF model is only read, never changed; the
+weights are copied (packed) at construction, so build a new FastBert after changing the model
+(``.to()``, a new state dict).
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ from fleetlm.engine.architectures.common import PackedLinear, can_pack_linear
 
 def _fused(*linears: nn.Linear) -> nn.Linear:
     """One nn.Linear computing the given ones side by side (outputs concatenated)."""
-    out = nn.Linear(linears[0].in_features, sum(l.out_features for l in linears))
+    w = linears[0].weight
+    out = nn.Linear(w.shape[1], sum(l.out_features for l in linears), dtype=w.dtype, device=w.device)
     with torch.no_grad():
         out.weight.copy_(torch.cat([l.weight for l in linears]))
         out.bias.copy_(torch.cat([l.bias for l in linears]))
@@ -44,6 +47,7 @@ class FastBert(nn.Module):
         return (cfg is not None and getattr(cfg, "model_type", None) == "bert"
                 and getattr(cfg, "position_embedding_type", "absolute") == "absolute"
                 and getattr(cfg, "hidden_act", None) == "gelu" and hasattr(model, "encoder")
+                and not getattr(cfg, "is_decoder", False) and not getattr(cfg, "add_cross_attention", False)
                 and can_pack_linear(param.dtype, param.device) and param.dtype == torch.float32)
 
     def __init__(self, model: nn.Module):

@@ -124,7 +124,9 @@ def train_lora(model, items: Sequence, *, loss_fn: Callable, eval_fn: Callable[[
         state = torch.load(last, weights_only=False)
         if state["fingerprint"] != fingerprint:
             raise ValueError(f"{last} was written by a run with other data or hyper-parameters; "
-                             "refusing to resume (start afresh without --resume)")
+                             "refusing to resume (start afresh without --resume; the matmul dtype counts "
+                             "too: --dtype auto picks fp32 on CPUs without native bf16, so pass the dtype "
+                             "the run began with)")
         set_peft_model_state_dict(model, state["adapter"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])

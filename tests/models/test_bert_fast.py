@@ -52,3 +52,9 @@ def test_unsupported_models_are_refused():
         FastBert(model)
     assert not FastBert.supports(BertModel(BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=1,
                                                       num_attention_heads=2, intermediate_size=64)).to(torch.bfloat16))
+
+
+def test_decoder_configs_are_refused():
+    cfg = BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                     intermediate_size=64, is_decoder=True)
+    assert not FastBert.supports(BertModel(cfg).eval())

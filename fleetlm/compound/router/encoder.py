@@ -120,6 +120,9 @@ class RoutingEncoder:
         # need its ids, and long prompts are cut to the window before the model sees them.
         tok = AutoTokenizer.from_pretrained(minilm_folder())
         tok.model_max_length = 1 << 30  # silence the "longer than 512" warning: we cut below
-        pre = getattr(getattr(tok, "backend_tokenizer", None), "pre_tokenizer", None)
-        self._bert_pretokenizer = type(pre).__name__ == "BertPreTokenizer"  # slicing is exact only then
+        backend = getattr(tok, "backend_tokenizer", None)
+        pre, norm = getattr(backend, "pre_tokenizer", None), getattr(backend, "normalizer", None)
+        # Slicing is exact only for BERT's per-character normalizer and whitespace split.
+        self._bert_pretokenizer = (type(pre).__name__ == "BertPreTokenizer"
+                                   and type(norm).__name__ == "BertNormalizer")
         self._tokenizer = tok
