@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from fleetlm.tune.base import autocast
+from fleetlm.tune.base import autocast, resolve_train_dtype
 
 
 @dataclass(kw_only=True)
@@ -46,7 +46,7 @@ class LoopParams:
     epochs: float = 1.0  # may be fractional: 0.5 trains on half an epoch
     batch_size: int = 8
     seed: int = 0
-    dtype: str = "bf16"  # autocast for matmuls; weights stay fp32
+    dtype: str = "auto"  # matmul autocast: bf16 | fp32 | auto (resolved here); weights stay fp32
     checkpoint_every: int = 50  # steps; 0 = only at the end of training
     max_steps: int | None = None  # stop early at this global step (a checkpoint is written)
     eval_every: int = 0  # steps; 0 = evaluate before and after training only
@@ -55,6 +55,7 @@ class LoopParams:
     def __post_init__(self):
         if self.lr <= 0 or self.epochs <= 0 or self.batch_size < 1:
             raise ValueError("lr and epochs must be > 0 and batch_size >= 1")
+        self.dtype = resolve_train_dtype(self.dtype)  # "auto" -> what this machine runs fast
 
 
 def make_lora(model, lora: LoraParams):

@@ -103,3 +103,12 @@ def test_train_dtype_auto_follows_the_hardware(monkeypatch):
     assert resolve_train_dtype("auto") == "bf16"
     with pytest.raises(ValueError, match="dtype must be"):
         resolve_train_dtype("fp16")
+
+
+def test_loop_params_resolve_auto_dtype():
+    from fleetlm.tune.base import resolve_train_dtype
+
+    assert LoopParams().dtype == resolve_train_dtype("auto") in ("bf16", "fp32")
+    assert LoopParams(dtype="fp32").dtype == "fp32"
+    with pytest.raises(ValueError, match="dtype must be"):
+        LoopParams(dtype="float8")
