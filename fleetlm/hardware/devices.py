@@ -137,9 +137,9 @@ def measure_local_cpu(*, dtype: str = "auto", seconds: float = 1.0, name: str = 
 
     now = now or time.perf_counter
     if dtype == "auto":
-        from fleetlm.engine.loader import cpu_has_fast_bf16
+        from fleetlm.engine.loader import resolve_dtype
 
-        dtype = "bf16" if cpu_has_fast_bf16() else "fp32"
+        dtype = "bf16" if resolve_dtype("auto", torch.device("cpu")) == torch.bfloat16 else "fp32"
 
     tdtype = torch.bfloat16 if dtype == "bf16" else torch.float32
     a = torch.randn(1024, 2048, dtype=tdtype)

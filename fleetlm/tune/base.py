@@ -52,9 +52,10 @@ def resolve_train_dtype(dtype: str) -> str:
         return dtype
     if dtype != "auto":
         raise ValueError(f"dtype must be 'auto', 'bf16' or 'fp32', not {dtype!r}")
-    from fleetlm.engine.loader import cpu_has_fast_bf16
+    from fleetlm.engine.loader import resolve_device, resolve_dtype
 
-    return "bf16" if torch.cuda.is_available() or cpu_has_fast_bf16() else "fp32"
+    # The engine's own rule, so training and serving agree on what is fast here.
+    return "bf16" if resolve_dtype("auto", resolve_device("auto")) == torch.bfloat16 else "fp32"
 
 
 def autocast(dtype: str):

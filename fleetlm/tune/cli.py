@@ -90,15 +90,12 @@ def add_tune_parser(subparsers) -> argparse.ArgumentParser:
 def _lora_loop(args):
     from fleetlm.tune.trainer import LoopParams, LoraParams
 
-    from fleetlm.tune.base import resolve_train_dtype
-
-    dtype = resolve_train_dtype(args.dtype)
-    if args.dtype == "auto":
-        print(f"fleetlm: training matmuls in {dtype} (--dtype auto)", file=sys.stderr)
     lora = LoraParams(rank=args.rank, alpha=args.alpha, dropout=args.dropout,
                       target_modules=[m.strip() for m in args.target_modules.split(",") if m.strip()])
-    loop = LoopParams(lr=args.lr, epochs=args.epochs, batch_size=args.batch_size, seed=args.seed, dtype=dtype,
+    loop = LoopParams(lr=args.lr, epochs=args.epochs, batch_size=args.batch_size, seed=args.seed, dtype=args.dtype,
                       checkpoint_every=args.checkpoint_every, max_steps=args.max_steps, eval_every=args.eval_every)
+    if args.dtype == "auto":  # LoopParams resolved it; say what this machine got
+        print(f"fleetlm: training matmuls in {loop.dtype} (--dtype auto)", file=sys.stderr)
     return lora, loop
 
 

@@ -23,7 +23,7 @@ import numpy as np
 # Characters BERT's pre-tokenizer always splits at (not Python's \s: it also matches \x0b,
 # \x0c and \x1c-\x1f, which BERT deletes as control characters, joining their neighbours).
 _SPLIT = " \t\n\r"
-_FIRST_WS = re.compile(r"[ \t\n\r]")
+_FIRST_WS = re.compile(f"[{_SPLIT}]")
 
 
 @dataclass(frozen=True)
@@ -87,7 +87,7 @@ class RoutingEncoder:
                     continue
                 head_end = max(s.rfind(c, 0, span_h) for c in _SPLIT) if h else 0
                 tail_at = _FIRST_WS.search(s, len(s) - span_t) if t else None
-                tail_start = tail_at.start() if tail_at else (len(s) if not t else -1)
+                tail_start = tail_at.start() if tail_at else (-1 if t else len(s))
                 if head_end >= 0 and tail_start >= 0 and head_end <= tail_start:
                     cuts[i] = (s[:head_end], s[tail_start:])
         if cuts:
