@@ -15,9 +15,9 @@ under that function's `parameters` schema:
 CALL is `{"name":"NAME","arguments":ARGS}`, the name fixed by the grammar, ARGS from the
 function's schema via `%json`. A `parameters` object that does not say `additionalProperties`
 is closed here (false): a call carries only declared parameters (what the schema lists is
-what the function takes; small models otherwise invent keys), and numbers without bounds get
-wide ones (see `_bounded`). Both only narrow the schema: the arguments still validate under
-the schema as given.
+what the function takes; small models otherwise invent keys), numbers without bounds get
+wide ones and arrays without `maxItems` get MAX_ARRAY_ITEMS (see `_bounded`). All of these
+only narrow the schema: the arguments still validate under the schema as given.
 """
 
 from __future__ import annotations
@@ -69,8 +69,11 @@ def _bounded(schema):
     """A copy of `schema` in which every integer / number gets -NUMBER_BOUND <= x <=
     NUMBER_BOUND on each side it leaves open, and numbers at most 8 decimals (multipleOf 1e-8): an unbounded JSON
     number is where small models write digits until max_tokens (measured on gemma-3-270m over
-    BFCL: "radius":1000000000... in 4 of 10 questions). Narrower than the schema, so what the
-    grammar allows still validates under the schema as given."""
+    BFCL: "radius":1000000000... in 4 of 10 questions). Likewise every array without `maxItems`
+    gets maxItems = MAX_ARRAY_ITEMS (or its minItems, if larger): an open list is where they
+    count until max_tokens (gemma-3-270m on BFCL parallel_5: "show_list":["1","2",...,"53",...
+    over all 1024 tokens). Narrower than the schema, so what the grammar allows still validates
+    under the schema as given."""
     if isinstance(schema, list):
         return [_bounded(s) for s in schema]
     if not isinstance(schema, dict):
@@ -92,10 +95,15 @@ def _bounded(schema):
             out["maximum"] = NUMBER_BOUND
         if "integer" not in types and "multipleOf" not in schema:
             out["multipleOf"] = 1e-8
+    if "array" in types and "maxItems" not in schema:
+        minimum = schema.get("minItems")
+        out["maxItems"] = max(MAX_ARRAY_ITEMS, minimum if isinstance(minimum, int) else 0)
     return out
 
 
 NUMBER_BOUND = 10 ** 15
+# The longest list in any BFCL gold answer has 20 items; a caller who needs more says maxItems.
+MAX_ARRAY_ITEMS = 32
 _SCHEMA_KEYS = {"items", "prefixItems", "additionalProperties", "anyOf", "oneOf", "allOf", "not", "contains"}
 _SCHEMA_MAPS = {"properties", "patternProperties", "$defs", "definitions"}
 

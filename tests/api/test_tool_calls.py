@@ -14,7 +14,7 @@ import pytest
 from fleetlm.api.errors import APIError
 from fleetlm.api.protocol import ChatMessage
 from fleetlm.api.tool_calls import ChoiceDeltas, ToolSession, select_tools_for_budget
-from fleetlm.api.tool_grammar import MAX_PARALLEL_CALLS, tool_grammar
+from fleetlm.api.tool_grammar import MAX_ARRAY_ITEMS, MAX_PARALLEL_CALLS, tool_grammar
 from fleetlm.api.tool_parser import parse_tool_output
 from fleetlm.api.tool_prompt import (
     ToolChoice,
@@ -123,6 +123,37 @@ def test_grammar_walks_parse_validate_and_stream_identically(compiler, choice, p
             assert name in SCHEMAS and (not isinstance(choice, dict) or name == "math.add")
             jsonschema.validate(json.loads(call["function"]["arguments"]), SCHEMAS[name])
     assert finished >= 6
+
+
+@pytest.mark.parametrize("array, items", [
+    ({"type": "array", "items": {"type": "string"}}, MAX_ARRAY_ITEMS),  # open: capped
+    ({"type": "array", "items": {"type": "string"}, "maxItems": 3}, 3),  # the schema's own cap
+    ({"type": "array", "items": {"type": "string"}, "minItems": 40}, 40),  # a floor above the cap
+])
+def test_open_arrays_end_within_the_cap(compiler, array, items):
+    """A model that keeps adding items (gemma-3-270m counted "1","2",... for all of max_tokens
+    on BFCL parallel_5) must close the list at MAX_ARRAY_ITEMS, unless the schema says otherwise."""
+    from fleetlm.engine.structured import StructuredOutput
+
+    tok, gc = compiler
+    tools = parse_tools([{"type": "function", "function": {"name": "shows", "parameters": {
+        "type": "object", "properties": {"names": array}, "required": ["names"]}}}])
+    choice = parse_tool_choice("required", tools)
+    m = gc.matcher(StructuredOutput("grammar", tool_grammar(tools, choice, parallel=False)))
+    comma = tok(",", add_special_tokens=False).input_ids
+    text = '<tool_call>{"name":"shows","arguments":{"names":["a"'
+    for t in tok(text, add_special_tokens=False).input_ids:
+        m.accept(t)
+    for _ in range(100):  # add an item whenever the grammar lets us
+        if not m.allowed_mask()[comma[0]]:
+            break
+        for t in tok(',"a"', add_special_tokens=False).input_ids:
+            m.accept(t)
+        text += ',"a"'
+    assert text.count('"a"') == items
+    for t in tok("]}}</tool_call>", add_special_tokens=False).input_ids:
+        m.accept(t)
+    assert m.is_finished() or m.allowed_mask()[tok.eos_token_id]
 
 
 def test_auto_free_text_never_holds_a_call_marker(compiler):
