@@ -48,6 +48,8 @@ def add_tune_parser(subparsers) -> argparse.ArgumentParser:
     s.add_argument("--eval-data", default=None, help="held-out chat JSONL (default: --eval-fraction of --data)")
     s.add_argument("--eval-fraction", type=float, default=0.1)
     s.add_argument("--max-len", type=int, default=512)
+    s.add_argument("--init-adapter", default=None,
+                   help="adapter folder to start from (a second stage; same rank, alpha, target modules)")
     s.set_defaults(func=cmd_sft)
 
     d = sub.add_parser("distill", help="distill a long system prompt into an adapter (KL to the prompted teacher)")
@@ -112,7 +114,7 @@ def cmd_sft(args) -> int:
         lora, loop = _lora_loop(args)
         res = run_sft(SFTConfig(base=args.base, data=args.data, out=args.out, eval_data=args.eval_data,
                                 eval_fraction=args.eval_fraction, max_len=args.max_len, resume=args.resume,
-                                cache_dir=args.cache_dir, lora=lora, loop=loop))
+                                cache_dir=args.cache_dir, init_adapter=args.init_adapter, lora=lora, loop=loop))
     except (DataError, ValueError, FileNotFoundError) as exc:
         return _fail(exc)
     m = res.card["metrics"]

@@ -7,6 +7,10 @@ Loss: cross-entropy on assistant tokens only (:mod:`fleetlm.tune.data`). Held-ou
 to ``<out>.ckpt/`` (``--resume`` continues from the latest); the adapter is written in PEFT
 format with a model card (card.json + README.md: base, data sha256, hyper-parameters,
 metrics) by :func:`fleetlm.tune.trainer.save_adapter_atomic`.
+
+``--init-adapter DIR`` starts from an existing adapter's weights instead of LoRA's zero
+start (a second stage on new data); its rank, alpha and target modules must be the ones
+given, and the card records it (path, sha256 of its weights, its own card's data).
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ class SFTConfig:
     max_len: int = 512  # tokens per example (longer ones are truncated)
     resume: bool = False
     cache_dir: str | None = None
+    init_adapter: str | None = None  # adapter folder whose weights training starts from
     lora: LoraParams = field(default_factory=LoraParams)
     loop: LoopParams = field(default_factory=LoopParams)
 
@@ -86,10 +91,34 @@ def _tokenize_all(tok, examples, max_len: int) -> list[TokenizedExample]:
     return kept
 
 
+def read_init_adapter(path: str, lora: LoraParams) -> tuple[dict, dict]:
+    """(PEFT state dict, provenance for the card) of an adapter to start from; a ValueError when
+    it is missing or its rank, alpha or target modules differ from `lora` (the LoRA shapes and
+    scale would not be the same)."""
+    from safetensors.torch import load_file
+
+    folder = Path(path)
+    config_path, weights = folder / "adapter_config.json", folder / "adapter_model.safetensors"
+    if not config_path.is_file() or not weights.is_file():
+        raise ValueError(f"--init-adapter {path}: no adapter_config.json + adapter_model.safetensors there")
+    config = json.loads(config_path.read_text())
+    theirs = {"rank": config.get("r"), "alpha": float(config.get("lora_alpha") or 0),
+              "target_modules": sorted(config.get("target_modules") or [])}
+    ours = {"rank": lora.rank, "alpha": float(lora.alpha), "target_modules": sorted(lora.target_modules)}
+    if theirs != ours:
+        diff = ", ".join(f"{k} {theirs[k]} (given {ours[k]})" for k in ours if theirs[k] != ours[k])
+        raise ValueError(f"--init-adapter {path} has {diff}: pass the same --rank, --alpha and --target-modules")
+    card_path = folder / "card.json"
+    card = json.loads(card_path.read_text()) if card_path.is_file() else {}
+    return load_file(str(weights)), {"path": str(folder), "sha256": file_sha256(str(weights)),
+                                     "data": card.get("data"), "metrics": card.get("metrics")}
+
+
 def run_sft(cfg: SFTConfig) -> SFTResult:
     torch.manual_seed(cfg.loop.seed)
     train_ex = load_chat_jsonl(cfg.data)  # validated before the model is loaded
     eval_ex = load_chat_jsonl(cfg.eval_data) if cfg.eval_data else None
+    init_state, init_card = read_init_adapter(cfg.init_adapter, cfg.lora) if cfg.init_adapter else (None, None)
     base = load_base(cfg.base, cache_dir=cfg.cache_dir)
     tok = base.tokenizer
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
@@ -100,9 +129,18 @@ def run_sft(cfg: SFTConfig) -> SFTResult:
     data_hash = file_sha256(cfg.data)
     hyper = {**params_dict(cfg.lora, cfg.loop), "max_len": cfg.max_len, "eval_fraction": cfg.eval_fraction}
     hyper.pop("max_steps")  # an interruption point is not a hyper-parameter
-    fingerprint = hashlib.sha256(json.dumps([data_hash, hyper, str(base.path)], sort_keys=True,
-                                            default=str).encode()).hexdigest()
+    run_id = [data_hash, hyper, str(base.path)]
+    if init_card:  # a different starting adapter is a different run
+        run_id.append(init_card["sha256"])
+    fingerprint = hashlib.sha256(json.dumps(run_id, sort_keys=True, default=str).encode()).hexdigest()
     model = make_lora(base.model, cfg.lora)
+    if init_state is not None:
+        from peft import set_peft_model_state_dict
+
+        loaded = set_peft_model_state_dict(model, init_state)
+        if loaded.unexpected_keys:  # names that match no LoRA layer of this base model
+            raise ValueError(f"--init-adapter {cfg.init_adapter} does not fit {cfg.base}: "
+                             f"{len(loaded.unexpected_keys)} tensors match no layer, e.g. {loaded.unexpected_keys[0]}")
     out = Path(cfg.out)
     result = train_lora(model, train, loss_fn=lambda m, b: ce_loss(m, b, pad_id),
                         eval_fn=lambda: mean_loss(model, held, pad_id, cfg.loop.batch_size),
@@ -116,6 +154,7 @@ def run_sft(cfg: SFTConfig) -> SFTResult:
                  "train_examples": len(train), "eval_examples": len(held),
                  "train_tokens": sum(len(t.input_ids) for t in train)},
         "hyperparameters": hyper,
+        **({"init_adapter": init_card} if init_card else {}),
         "metrics": {"eval_loss_before": round(result.eval_loss_before, 4),
                     "eval_loss_after": round(result.eval_loss_after, 4),
                     "train_loss_last10": round(result.train_loss_last, 4), "steps": result.steps,

@@ -10,7 +10,7 @@ import jsonschema
 import pytest
 
 from fleetlm.tune.data import parse_example, plain_messages
-from fleetlm.tune.datagen import fc
+from fleetlm.tune.datagen import fc, fc_specs_modifiers
 from fleetlm.tune.datagen.fc_values import (CITY_COUNTRY, COMPOUNDING, CURRENCY_NAMES, MONTHS, NUMBER_WORDS,
                                             SPANS, US_CITIES)
 
@@ -123,6 +123,33 @@ def test_optional_parameters_sometimes_left_out(tmp_path):
     assert all({"city", "check_in", "nights"} <= s for s in seen)
 
 
+def test_modifier_specs_are_opt_in_and_set_optionals_in_passing(tmp_path):
+    """--modifier-specs adds functions whose optionals the question says mid-sentence; without it
+    the rows are those of the earlier recipe; the gold call holds an optional exactly when the
+    question says it."""
+    import random
+
+    plain = fc.generate_rows(200, seed=4, root=tmp_path)
+    assert plain == fc.generate_rows(200, seed=4, root=tmp_path, modifier_specs=False)
+    names = {s.name for s in fc_specs_modifiers.SPECS}
+    assert not names & {c["function"]["name"] for r in plain for c in _calls(r)}
+    rows = fc.generate_rows(300, seed=4, root=tmp_path, modifier_specs=True, optional_rate=0.6)
+    _check_rows(rows)
+    assert names & {c["function"]["name"] for r in rows for c in _calls(r)}
+
+    source = fc.own_source(next(s for s in fc_specs_modifiers.SPECS if s.name == "concerts_upcoming_find"), 0.6)
+    r, said, unsaid = random.Random(0), 0, 0
+    for _ in range(80):
+        question, args = source.sample(r)
+        genre = next((g for g in ("Rock", "Jazz", "Pop", "Classical", "Hip hop") if f"{g} " in question), None)
+        assert args.get("genre") == genre, question
+        said, unsaid = said + (genre is not None), unsaid + (genre is None)
+        assert not question.startswith(" ") and "  " not in question
+    assert said > 30 and unsaid > 15
+    with pytest.raises(ValueError, match="optional_rate"):
+        fc.generate_rows(5, seed=0, root=tmp_path, optional_rate=1.5)
+
+
 def test_rows_render_as_the_server_renders_them(tmp_path):
     row = next(r for r in fc.generate_rows(30, seed=0, root=tmp_path) if _calls(r))
     text = "\n".join(m["content"] for m in plain_messages(row["messages"], row["tools"]))
@@ -155,7 +182,7 @@ def test_full_mix_valid_and_no_bfcl_function_names(tmp_path):
     bfcl = _bfcl_names()
     assert len(bfcl) > 500
     # every tool that can ever appear, not just the ones this sample drew
-    every = {s.name for s in fc.SPECS} | {s.name for s in fc.nestful_sources(SHARED)}
+    every = {s.name for s in fc.SPECS + fc_specs_modifiers.SPECS} | {s.name for s in fc.nestful_sources(SHARED)}
     every |= {t["function"]["name"] for t in fc.metatool_tools(SHARED)}
     every |= {t["function"]["name"] for r in rows for t in r["tools"]}
     clash = sorted(n for n in every if n.lower() in bfcl)

@@ -90,6 +90,29 @@ def test_resume_refuses_other_hyperparameters(tiny_gemma, tmp_path):
         run_sft(cfg)
 
 
+def test_init_adapter_starts_where_the_first_stage_ended(tiny_gemma, tmp_path):
+    """A second stage from --init-adapter starts at the first stage's held-out loss (same data),
+    not at the base model's, records where it started, and refuses a LoRA of another shape."""
+    first = run_sft(_cfg(tiny_gemma, tmp_path, "stage1"))
+    cfg = _cfg(tiny_gemma, tmp_path, "stage2", epochs=1)
+    cfg.init_adapter = str(first.out)
+    second = run_sft(cfg)
+    m1, m2 = first.card["metrics"], second.card["metrics"]
+    assert m2["eval_loss_before"] == pytest.approx(m1["eval_loss_after"], abs=1e-4)
+    assert m2["eval_loss_before"] < 0.7 * m1["eval_loss_before"]
+    assert second.card["init_adapter"]["path"] == str(first.out)
+    assert second.card["init_adapter"]["data"]["sha256"] == first.card["data"]["sha256"]
+
+    wrong = _cfg(tiny_gemma, tmp_path, "stage2b")
+    wrong.init_adapter, wrong.lora.rank = str(first.out), 8
+    with pytest.raises(ValueError, match="rank 4 \\(given 8\\)"):
+        run_sft(wrong)
+    wrong.init_adapter = str(tmp_path / "nowhere")
+    with pytest.raises(ValueError, match="no adapter_config.json"):
+        run_sft(wrong)
+    assert not (tmp_path / "stage2b").exists()
+
+
 def test_train_dtype_auto_follows_the_hardware(monkeypatch):
     """--dtype auto picks bf16 only where it is native; explicit choices pass; others are refused."""
     import fleetlm.engine.loader as loader

@@ -10,7 +10,10 @@ Sources (BFCL questions, answers and functions are never read):
 * NESTFUL's tool specs (``nestful/*-spec.json``): parameters and descriptions only, values
   drawn by type and name, questions from generic templates; glaive names are rewritten in
   camelCase and dotted SGD names with ``_`` so no name is shared with other benchmarks;
-* MetaTool's plugin descriptions (``metatool/plugin_des.json``), as distractor tools only.
+* MetaTool's plugin descriptions (``metatool/plugin_des.json``), as distractor tools only;
+* with ``--modifier-specs``, :mod:`~fleetlm.tune.datagen.fc_specs_modifiers`: functions whose
+  optional parameters the question sets in passing ("a *small* beetle", "*two* tickets").
+  ``--optional-rate`` is how often an optional slot of a template is filled (default 0.4).
 
 Each row is OpenAI chat JSONL for ``fleet tune sft`` (``{"messages", "tools"}``), one of five
 kinds (shares in :data:`MIX`): ``simple`` (one tool, one call), ``multiple`` (2-4 tools, one
@@ -35,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fleetlm.tune.datagen.common import write_jsonl
-from fleetlm.tune.datagen import fc_specs, fc_specs_more
+from fleetlm.tune.datagen import fc_specs, fc_specs_modifiers, fc_specs_more
 from fleetlm.tune.datagen.fc_specs import Spec
 from fleetlm.tune.datagen.fc_values import CITIES, LANGS, PEOPLE, TOPICS, date, gold, say
 
@@ -80,7 +83,10 @@ def data_root() -> Path:
 
 # ---------- the templated functions ----------
 
-def own_source(spec: Spec) -> Source:
+OPTIONAL_RATE = 0.4  # how often a template's optional slot is filled (and the gold call holds it)
+
+
+def own_source(spec: Spec, optional_rate: float = OPTIONAL_RATE) -> Source:
     def sample(r: random.Random) -> tuple[str, dict]:
         template = r.choice(spec.templates)
         fill, args = {}, {}
@@ -89,7 +95,7 @@ def own_source(spec: Spec) -> Source:
             if p.required:
                 fill[p.name] = {k: say(v) for k, v in value.items()} if isinstance(value, dict) else say(value)
                 args[p.name] = gold(value)
-            elif "{" + p.name + "?}" in template and r.random() < 0.4:
+            elif "{" + p.name + "?}" in template and r.random() < optional_rate:
                 fill[p.name + "?"] = p.phrase.format(v=say(value))
                 args[p.name] = gold(value)
             else:
@@ -264,14 +270,19 @@ def make_example(kind: str, own: list[Source], nestful: list[Source], distract: 
     raise ValueError(f"unknown example kind {kind!r}; expected one of {sorted(MIX)}")
 
 
-def generate_rows(n: int, seed: int, root: Path | None = None) -> list[dict]:
-    """n examples, deterministic for (n, seed, the data present); see the module doc."""
+def generate_rows(n: int, seed: int, root: Path | None = None, *, modifier_specs: bool = False,
+                  optional_rate: float = OPTIONAL_RATE) -> list[dict]:
+    """n examples, deterministic for (n, seed, the options, the data present); see the module
+    doc. `modifier_specs` adds :mod:`fc_specs_modifiers` (optionals said in passing)."""
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
+    if not 0 <= optional_rate <= 1:
+        raise ValueError(f"optional_rate must be in [0, 1], got {optional_rate}")
     import jsonschema
 
     root = data_root() if root is None else Path(root)
-    own = [own_source(s) for s in SPECS]
+    specs = SPECS + (fc_specs_modifiers.SPECS if modifier_specs else [])
+    own = [own_source(s, optional_rate) for s in specs]
     if (root / "nestful").is_dir() and (root / "metatool").is_dir():
         nestful, distract = nestful_sources(root), metatool_tools(root)
     else:
@@ -295,9 +306,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n", type=int, default=2400, help="number of examples")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--data-root", default=None, help="function_calling data folder (default ../shared/data/...)")
+    ap.add_argument("--modifier-specs", action="store_true",
+                    help="add the functions whose optionals are said in passing (fc_specs_modifiers)")
+    ap.add_argument("--optional-rate", type=float, default=OPTIONAL_RATE,
+                    help="how often a question sets an optional parameter its template can mention")
     args = ap.parse_args(argv)
     try:
-        rows = generate_rows(args.n, args.seed, Path(args.data_root) if args.data_root else None)
+        rows = generate_rows(args.n, args.seed, Path(args.data_root) if args.data_root else None,
+                             modifier_specs=args.modifier_specs, optional_rate=args.optional_rate)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
