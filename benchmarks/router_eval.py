@@ -8,6 +8,7 @@ embedding included. Writes ``benchmarks/results/router_eval.txt`` and one Pareto
 set (``router_eval_<data>.png``, needs matplotlib).
 
     .venv/bin/python benchmarks/router_eval.py [--policy cluster] [--param k=v ...]
+        [--latency-window 8+32]   # also time another prompt window, alternating
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from fleetlm.compound.router.data import default_data_root, load_dataset, to_arrays
-from fleetlm.compound.router.encoder import RoutingEncoder
+from fleetlm.compound.router.encoder import EncoderConfig, RoutingEncoder
 from fleetlm.compound.router.evaluate import evaluate, format_report, plot_pareto
 from fleetlm.compound.router.router import Router, train_router
 
@@ -34,7 +35,8 @@ PAIRS = {
 }
 
 
-def run(data: str, policy: str, params: dict, encoder: RoutingEncoder, out: list[str]) -> None:
+def run(data: str, policy: str, params: dict, encoder: RoutingEncoder, out: list[str],
+        latency_windows: list[tuple[int, int]] = ()) -> None:
     train, test = load_dataset(data, "train"), load_dataset(data, "test")
     t0 = time.perf_counter()
     router = train_router(train, policy=policy, params=params, encoder=encoder, data_name=data)
@@ -53,21 +55,36 @@ def run(data: str, policy: str, params: dict, encoder: RoutingEncoder, out: list
     except ImportError:
         plot_note = "plot: skipped (pip install matplotlib)"
 
-    router.rank(arrays.prompts[0])  # warm-up: first call loads nothing new but allocates
-    lat = []
+    # Timed side by side, one prompt at a time, alternating: the trained router and, for each
+    # --latency-window, the same policy reading a different window (timing only: its
+    # embeddings do not match the policy's, but the arithmetic per request is the same).
+    timed = {"trained": router}
+    for h, t in latency_windows:
+        timed[f"{h}+{t}"] = Router(router.models, router.policy, router.expected_cost,
+                                          router.lam, cost_model=router.cost_model,
+                                          encoder=RoutingEncoder(EncoderConfig(h, t),
+                                                                 embedder=encoder.embedder))
+    lat = {name: [] for name in timed}
+    for r in timed.values():
+        r.rank(arrays.prompts[0])  # warm-up: first call loads nothing new but allocates
     for prompt in arrays.prompts[:300]:
-        t = time.perf_counter()
-        router.rank(prompt)
-        lat.append(time.perf_counter() - t)
-    lat_ms = np.array(lat) * 1e3
+        for name, r in timed.items():
+            t = time.perf_counter()
+            r.rank(prompt)
+            lat[name].append(time.perf_counter() - t)
+    lat_ms = np.array(lat.pop("trained")) * 1e3
+    window = router.encoder.config
+    extra = [f"  same rank() reading a {name} token window instead: p50 {np.median(v) * 1e3:.1f} ms, "
+             f"p90 {np.percentile(v, 90) * 1e3:.1f} ms (alternating with the line above)"
+             for name, v in lat.items()]
     out += [f"## {data}: {len(train)} train / {len(test)} test queries, {len(router.models)} models, "
             f"policy {policy} {router.policy.params} (embed+fit {fit_s:.1f} s)",
             format_report(report),
             f"routing latency per request (Router.rank, MiniLM embedding included, "
-            f"{len(lat_ms)} test prompts, 1 at a time): p50 {np.median(lat_ms):.1f} ms, "
-            f"p90 {np.percentile(lat_ms, 90):.1f} ms",
-            plot_note, ""]
-    print("\n".join(out[-5:]), flush=True)
+            f"{window.head_tokens}+{window.tail_tokens} token window, {len(lat_ms)} test prompts, "
+            f"1 at a time): p50 {np.median(lat_ms):.1f} ms, p90 {np.percentile(lat_ms, 90):.1f} ms",
+            *extra, plot_note, ""]
+    print("\n".join(out[-5 - len(extra):]), flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -75,6 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--policy", default="cluster")
     ap.add_argument("--param", action="append", default=[], help="policy KEY=VALUE (JSON value)")
     ap.add_argument("--data", nargs="+", default=list(PAIRS))
+    ap.add_argument("--latency-window", action="append", default=[], metavar="HEAD+TAIL",
+                    help="also time rank() reading this token window (e.g. 8+32), side by side")
     args = ap.parse_args(argv)
     if not default_data_root().is_dir():
         print(f"skip: routing data not found at {default_data_root()} (see ../shared/data/SOURCES.md)")
@@ -87,8 +106,9 @@ def main(argv: list[str] | None = None) -> int:
     out = [f"# benchmarks/router_eval.py  ({time.strftime('%Y-%m-%d %H:%M')}, "
            f"torch {torch.__version__}, {torch.get_num_threads()} threads)", ""]
     encoder = RoutingEncoder()
+    windows = [tuple(int(n) for n in w.split("+")) for w in args.latency_window]
     for data in args.data:
-        run(data, args.policy, _params(args.param), encoder, out)
+        run(data, args.policy, _params(args.param), encoder, out, windows)
     (RESULTS / "router_eval.txt").write_text("\n".join(out))
     print(f"wrote {RESULTS / 'router_eval.txt'}")
     return 0

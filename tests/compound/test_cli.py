@@ -59,18 +59,36 @@ def test_train_then_eval_on_jsonl(tmp_path, capsys):
         assert (tmp_path / "p.png").stat().st_size > 1000
 
 
-def test_calibrated_budget_and_bad_input(tmp_path, capsys):
+def _train_argv(tmp_path) -> list[str]:
+    """`router train` on 40 toy queries with flat prices, a 3-neighbour kNN; add --out etc."""
     prices = tmp_path / "prices.json"
     prices.write_text(json.dumps({"small": {"input": 1, "output": 1}, "big": {"input": 10, "output": 10}}))
     train = _jsonl(tmp_path / "train.jsonl", 40, 0)
+    return ["router", "train", "--data", str(train), "--prices", str(prices), "--policy", "knn",
+            "--param", "k=3"]
+
+
+def test_calibrated_budget_and_bad_input(tmp_path, capsys):
     out = tmp_path / "r"
-    assert _fleet(["router", "train", "--data", str(train), "--prices", str(prices), "--policy", "knn",
-                   "--param", "k=3", "--out", str(out), "--budget", "0.0005"]) == 0
+    assert _fleet(_train_argv(tmp_path) + ["--out", str(out), "--budget", "0.0005"]) == 0
     assert json.loads((out / "router.json").read_text())["card"]["calibration"]["budget_usd_per_query"] == 0.0005
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"prompt": "q", "scores": {"a": 1}, "costs": {"a": 1}}\n{oops\n')
     assert _fleet(["router", "train", "--data", str(bad), "--out", str(tmp_path / "x")]) == 2
     assert "bad.jsonl:2" in capsys.readouterr().err
+
+
+def test_train_reads_the_window_it_is_given(tmp_path, capsys):
+    argv, out = _train_argv(tmp_path), tmp_path / "r"
+    assert _fleet(argv + ["--head-tokens", "4", "--tail-tokens", "8", "--out", str(out)]) == 0
+    assert json.loads((out / "router.json").read_text())["encoder"] == {"head_tokens": 4, "tail_tokens": 8}
+    assert "window 4+8 tokens" in capsys.readouterr().out
+    # One side given: the other keeps its default, and both are saved with the router.
+    assert _fleet(argv + ["--tail-tokens", "16", "--out", str(tmp_path / "d")]) == 0
+    assert json.loads((tmp_path / "d" / "router.json").read_text())["encoder"] == {"head_tokens": 0,
+                                                                                 "tail_tokens": 16}
+    assert _fleet(argv + ["--tail-tokens", "-1", "--out", str(tmp_path / "bad")]) == 2
+    assert "tail_tokens" in capsys.readouterr().err and not (tmp_path / "bad").exists()
 
 
 @pytest.mark.slow

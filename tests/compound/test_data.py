@@ -62,6 +62,10 @@ def test_routerbench_zs_parses_the_real_csvs():
     assert a.costs[:, gpt4].sum() == pytest.approx(4.80, abs=5e-3)
     assert {ex.task for ex in test} == {"arc-challenge", "mbpp", "winogrande"}
     assert not test[0].prompt.startswith("['")  # the list literal is unwrapped
+    # Every model's recorded answer is kept, unwrapped the same way: ARC answers are letters.
+    arc = next(ex for ex in test if ex.task == "arc-challenge")
+    assert set(arc.responses) == set(a.models)
+    assert arc.responses["gpt-4-1106-preview"].strip() in {"A", "B", "C", "D"}
 
 
 @needs_data

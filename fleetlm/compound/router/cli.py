@@ -31,6 +31,11 @@ def add_router_parser(subparsers) -> argparse.ArgumentParser:
                    help="policy parameter, JSON value (e.g. --param k=40); repeatable")
     t.add_argument("--cost-clusters", type=int, default=16,
                    help="clusters of the per-query cost model; 0 = each model's flat mean cost")
+    t.add_argument("--head-tokens", type=int, default=None,
+                   help="prompt tokens the router reads from the start (default %d)" % _default_window()[0])
+    t.add_argument("--tail-tokens", type=int, default=None,
+                   help="prompt tokens the router reads from the end (default %d); a longer "
+                        "window costs routing latency" % _default_window()[1])
     t.add_argument("--out", required=True, help="router folder to write (e.g. routers/NAME)")
     lam = t.add_mutually_exclusive_group()
     lam.add_argument("--lam", type=float, default=0.0, help="cost weight λ (default 0: quality only)")
@@ -45,6 +50,12 @@ def add_router_parser(subparsers) -> argparse.ArgumentParser:
     e.add_argument("--pair", help="STRONG,WEAK: also report APGR and CPT for these two models")
     e.set_defaults(func=cmd_eval)
     return r
+
+
+def _default_window() -> tuple[int, int]:
+    from fleetlm.compound.router.encoder import EncoderConfig
+
+    return EncoderConfig.head_tokens, EncoderConfig.tail_tokens
 
 
 def _data_args(p: argparse.ArgumentParser) -> None:
@@ -78,12 +89,16 @@ def cmd_train(args) -> int:
     import numpy as np
 
     from fleetlm.compound.router.data import to_arrays
+    from fleetlm.compound.router.encoder import EncoderConfig, RoutingEncoder
     from fleetlm.compound.router.router import train_router
 
     try:
+        head, tail = _default_window()
+        window = EncoderConfig(head if args.head_tokens is None else args.head_tokens,
+                               tail if args.tail_tokens is None else args.tail_tokens)
         examples = _load(args, "train")
         router = train_router(examples, policy=args.policy, params=_params(args.param),
-                              data_name=args.data, lam=args.lam,
+                              encoder=RoutingEncoder(window), data_name=args.data, lam=args.lam,
                               cost_clusters=args.cost_clusters or None)
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
@@ -101,7 +116,8 @@ def cmd_train(args) -> int:
                                       "target_quality": args.target_quality}
     router.save(args.out)
     print(f"router: {len(examples)} train queries, {len(router.models)} models, policy "
-          f"{args.policy}, lam {router.lam:.4g}; expected USD/query: "
+          f"{args.policy}, window {window.head_tokens}+{window.tail_tokens} tokens, "
+          f"lam {router.lam:.4g}; expected USD/query: "
           + ", ".join(f"{m}={c:.2e}" for m, c in zip(router.models, np.asarray(router.expected_cost))))
     print(f"saved to {args.out}")
     return 0

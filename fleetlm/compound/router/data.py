@@ -9,7 +9,8 @@ Sources (see ``../shared/data/SOURCES.md``; read in place, never copied into the
 
 * ``routerbench_zs`` — RouterBench zero-shot outcomes (RouterDC's split) for 11 models on
   ARC-Challenge, MBPP and Winogrande: ``{task}_{split}.csv``, one column per model with the
-  0/1 score and one ``{model}|total_cost`` column with the real USD cost. The model list is
+  0/1 score, one ``{model}|total_cost`` column with the real USD cost and one
+  ``{model}|model_response`` with the answer (kept in ``responses``). The model list is
   read from the header (every ``|total_cost`` column). Prompts are stored as a Python list
   literal of turns; the turns are joined with a blank line. An empty score cell (no
   outcome recorded: 92 cells in 20 train rows, 62 in 8 test rows, all ARC) counts as 0.0:
@@ -64,6 +65,9 @@ class RoutingExample:
     scores: dict[str, float]  # model -> answer quality in [0, 1] (0/1 for exact-match tasks)
     costs: dict[str, float]  # model -> USD this query cost on that model (input + output)
     task: str | None = None  # source task when the data names one (reports only)
+    # model -> the answer it gave, where the data records it (routerbench_zs): lets analyses
+    # such as benchmarks/router_bounds.py compare answers across models. Not used to route.
+    responses: dict[str, str] | None = None
 
 
 @dataclass
@@ -146,13 +150,17 @@ def load_routerbench_zs(split: str, root: Path | None = None) -> list[RoutingExa
                 except ValueError:
                     raise ValueError(f"{path}: row {line}: a model's total_cost is not a number") from None
                 scores = {m: float(row[m]) if row[m].strip() else 0.0 for m in models}
+                responses = {m: _routerbench_prompt(row[f"{m}|model_response"]) for m in models
+                             if f"{m}|model_response" in row}
                 out.append(RoutingExample(prompt=_routerbench_prompt(row["prompt"]), scores=scores,
-                                          costs=costs, task=row.get("eval_name") or task))
+                                          costs=costs, task=row.get("eval_name") or task,
+                                          responses=responses or None))
     return out
 
 
 def _routerbench_prompt(cell: str) -> str:
-    """The CSV stores ``str(list_of_turns)``; join the turns (or keep the cell if it is not one)."""
+    """The CSV stores ``str(list_of_turns)`` (prompts and responses alike); join the turns (or
+    keep the cell if it is not one)."""
     try:
         turns = ast.literal_eval(cell)
     except (ValueError, SyntaxError):
