@@ -88,20 +88,28 @@ def run_sweep(points=DEFAULT_POINTS, *, model: str = "gemma-3-270m", repeats: in
     return engine, out
 
 
-def predict(shape: ModelShape, device: Device, p: Point) -> tuple[float, float]:
-    perf = Perf(shape, device, 1)
+def engine_dtype(engine) -> str:
+    """The perf model's name for the dtype a loaded engine runs in (bf16 or fp32)."""
+    import torch
+
+    return "fp32" if engine.loaded.dtype == torch.float32 else "bf16"
+
+
+def predict(shape: ModelShape, device: Device, p: Point, dtype: str = "bf16") -> tuple[float, float]:
+    perf = Perf(shape, device, 1, dtype=dtype)
     return (perf.step_time(prefill_work(p.prompt, batch=p.batch)),
             perf.step_time(decode_work(p.batch, p.prompt + 4)))
 
 
-def fit(shape: ModelShape, device: Device, points: list[Point]) -> Device:
+def fit(shape: ModelShape, device: Device, points: list[Point], dtype: str = "bf16") -> Device:
+    """`device` with the three efficiency factors fitted to `points`, for an engine in `dtype`."""
     from scipy.optimize import least_squares
 
     def resid(x):
         d = replace(device, compute_eff=x[0], bandwidth_eff=x[1], step_overhead_s=x[2])
         r = []
         for p in points:
-            pre, dec = predict(shape, d, p)
+            pre, dec = predict(shape, d, p, dtype)
             r += [np.log(pre / p.prefill_s), np.log(dec / p.decode_s)]
         return r
 
@@ -113,18 +121,19 @@ def fit(shape: ModelShape, device: Device, points: list[Point]) -> Device:
                    step_overhead_s=float(sol.x[2]))
 
 
-def report(shape: ModelShape, device: Device, points: list[Point], fitted: Device, log=print) -> int:
+def report(shape: ModelShape, device: Device, points: list[Point], fitted: Device, log=print,
+           dtype: str = "bf16") -> int:
     """Prints the table; returns how many points have both predictions within 20%."""
-    loo = [fit(shape, device, points[:i] + points[i + 1:]) for i in range(len(points))]
+    loo = [fit(shape, device, points[:i] + points[i + 1:], dtype) for i in range(len(points))]
     log(f"\nfitted: compute_eff {fitted.compute_eff:.3f}, bandwidth_eff {fitted.bandwidth_eff:.3f}, "
-        f"step_overhead {1e3 * fitted.step_overhead_s:.2f} ms  (peak {device.bf16_tflops * 1e3:.0f} GFLOP/s, "
+        f"step_overhead {1e3 * fitted.step_overhead_s:.2f} ms  (peak {device.peak_flops(dtype) / 1e9:.0f} {dtype} GFLOP/s, "
         f"{device.mem_bw_gbps:.1f} GB/s measured)")
     log(f"{'batch':>5} {'prompt':>6} | {'prefill ms':>10} {'pred':>8} {'err':>6} {'held-out':>8} | "
         f"{'decode ms':>9} {'pred':>7} {'err':>6} {'held-out':>8}")
     within = 0
     for i, p in enumerate(points):
-        pre, dec = predict(shape, fitted, p)
-        lpre, ldec = predict(shape, loo[i], p)
+        pre, dec = predict(shape, fitted, p, dtype)
+        lpre, ldec = predict(shape, loo[i], p, dtype)
         e = [pre / p.prefill_s - 1, lpre / p.prefill_s - 1, dec / p.decode_s - 1, ldec / p.decode_s - 1]
         within += abs(e[0]) <= 0.2 and abs(e[2]) <= 0.2
         log(f"{p.batch:>5} {p.prompt:>6} | {1e3 * p.prefill_s:>10.1f} {1e3 * pre:>8.1f} {100 * e[0]:>+5.0f}% "

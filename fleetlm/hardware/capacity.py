@@ -125,7 +125,7 @@ def _decode_rate(perf: Perf, b: Bucket, slo: SLO, ctx: float, dec_tokens: float)
     if dec_tokens <= 0:
         return math.inf  # nothing to decode: the first token comes from the prompt replica
     seq_tokens = int(b.prompt_mean + b.output_mean)
-    transfer = b.prompt * perf.shape.kv_bytes_per_token() / (perf.device.network_gbps * 1e9)
+    transfer = b.prompt * perf.kv_bytes_per_token() / (perf.device.network_gbps * 1e9)
     budget = STEP_TARGET * slo.tpot_s - transfer / dec_tokens
     best, bsz = 0.0, 1
     while bsz <= perf.max_batch(seq_tokens) and bsz <= 1024:

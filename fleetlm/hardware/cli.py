@@ -23,13 +23,14 @@ def add_hardware_parser(subparsers) -> None:
     sub = h.add_subparsers(dest="hardware_command", required=True)
     d = sub.add_parser("devices", help="list the device catalog (and user devices)")
     d.add_argument("--config", help="fleet.toml with [[device]] tables")
-    d.add_argument("--local", action="store_true", help="also measure this machine (~2 s)")
+    d.add_argument("--local", action="store_true", help="also measure this machine (~3 s)")
     d.set_defaults(func=cmd_devices)
     e = sub.add_parser("estimate", help="TTFT, TPOT, tokens/s and $ per million tokens of a model on a device")
     e.add_argument("--model", required=True, help="Llama-3.1-8B | Llama-3.1-70B | Qwen2.5-7B | Qwen2.5-72B | config.json")
     e.add_argument("--device", required=True)
     e.add_argument("--tp", type=int, default=1)
-    e.add_argument("--dtype", default="bf16", choices=["bf16", "fp8"])
+    e.add_argument("--dtype", default="bf16", choices=["bf16", "fp8", "fp32"],
+                   help="fp32: weights, KV and matmuls in fp32 (the engine on a CPU without native bf16)")
     e.add_argument("--prompt", type=int, default=1024)
     e.add_argument("--output", type=int, default=128)
     e.add_argument("--batch", type=int, default=1)
@@ -50,7 +51,7 @@ def add_hardware_parser(subparsers) -> None:
     p.add_argument("--devices", help="comma-separated device names (default: every GPU in the catalog)")
     p.add_argument("--exclude", default="", help="comma-separated device names to leave out")
     p.add_argument("--config", help="fleet.toml with [[device]] tables (added to, or replacing, the catalog)")
-    p.add_argument("--dtype", default="bf16", choices=["bf16", "fp8"])
+    p.add_argument("--dtype", default="bf16", choices=["bf16", "fp8", "fp32"])
     p.add_argument("--rate-scale", type=float, default=1.0, help="replay the trace this many times faster")
     p.add_argument("--slices", type=int, default=4, help="slices per bucket (finer: better packing, slower)")
     p.add_argument("--no-disaggregate", action="store_true", help="no prefill/decode split pools")
@@ -75,10 +76,12 @@ def cmd_devices(args) -> int:
     from fleetlm.hardware.devices import measure_local_cpu
 
     devs = _devices(args.config, measure_local_cpu() if args.local else None)
-    print(f"{'device':<16} {'bf16 TF':>8} {'fp8 TF':>7} {'GB/s':>7} {'GB':>5} {'link GB/s':>9} {'$/h':>6}  source")
+    print(f"{'device':<16} {'bf16 TF':>8} {'fp8 TF':>7} {'fp32 TF':>7} {'GB/s':>7} {'GB':>5} {'link GB/s':>9} "
+          f"{'$/h':>6}  source")
     for d in devs.values():
         fp8 = f"{d.fp8_tflops:.0f}" if d.fp8_tflops else "-"
-        print(f"{d.name:<16} {d.bf16_tflops:>8.1f} {fp8:>7} {d.mem_bw_gbps:>7.0f} {d.mem_gb:>5.0f} "
+        fp32 = f"{d.fp32_tflops:.3g}" if d.fp32_tflops else "-"
+        print(f"{d.name:<16} {d.bf16_tflops:>8.3g} {fp8:>7} {fp32:>7} {d.mem_bw_gbps:>7.0f} {d.mem_gb:>5.0f} "
               f"{d.interconnect_gbps:>9.0f} {d.usd_per_hour:>6.2f}  {d.source}")
     return 0
 
@@ -114,14 +117,16 @@ def cmd_calibrate(args) -> int:
     import os
 
     print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores; clock: {args.clock}", flush=True)
-    print("measuring this machine's GEMM peak (in the engine's dtype) and memory bandwidth ...", flush=True)
+    print("measuring this machine's GEMM peaks (bf16, fp32) and memory bandwidth ...", flush=True)
     local = measure_local_cpu(now=cal.clock(args.clock))
-    print(f"  {local.bf16_tflops * 1e3:.0f} GFLOP/s, {local.mem_bw_gbps:.1f} GB/s ({local.source})", flush=True)
+    print(f"  bf16 {local.bf16_tflops * 1e3:.0f} GFLOP/s, fp32 {local.fp32_tflops * 1e3:.0f} GFLOP/s, "
+          f"{local.mem_bw_gbps:.1f} GB/s ({local.source})", flush=True)
     engine, points = cal.run_sweep(model=args.model, repeats=args.repeats, clock_kind=args.clock,
                                    log=lambda m: print(m, flush=True))
     shape = shape_from_config(engine.loaded.path if hasattr(engine.loaded, "path") else _model_dir(args.model))
-    fitted = cal.fit(shape, local, points)
-    within = cal.report(shape, local, points, fitted)
+    dtype = cal.engine_dtype(engine)  # weights and KV counted at the engine's bytes per element
+    fitted = cal.fit(shape, local, points, dtype)
+    within = cal.report(shape, local, points, fitted, dtype=dtype)
     if args.out:
         with open(args.out, "w") as f:
             json.dump(asdict(fitted), f, indent=2)

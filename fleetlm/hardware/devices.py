@@ -25,6 +25,9 @@ class Device:
     kind: str = "gpu"  # gpu | cpu
     bf16_tflops: float  # dense bf16 peak, TFLOP/s (tensor cores / AMX / AVX-512 BF16)
     fp8_tflops: float | None = None  # dense fp8 peak, TFLOP/s; None where the chip has no fp8
+    # Dense fp32 matmul peak, TFLOP/s; None where not known. Measured for the local CPU, where
+    # the engine runs fp32 unless bf16 is native (AVX-512 BF16 / AMX).
+    fp32_tflops: float | None = None
     mem_bw_gbps: float  # memory bandwidth, GB/s (1e9 bytes)
     mem_gb: float  # device memory, GB (1e9 bytes)
     interconnect_gbps: float = 0.0  # per direction, between devices of one replica (tensor parallel)
@@ -56,11 +59,18 @@ class Device:
         return cls(**values)
 
     def peak_flops(self, dtype: str = "bf16") -> float:
-        """FLOP/s at peak for weights/activations in `dtype` (bf16 or fp8)."""
+        """FLOP/s at peak for weights/activations in `dtype` (bf16, fp8 or fp32)."""
         if dtype == "fp8":
             if self.fp8_tflops is None:
                 raise ValueError(f"{self.name} has no fp8 tensor throughput")
             return self.fp8_tflops * 1e12
+        if dtype == "fp32":
+            if self.fp32_tflops is None:
+                raise ValueError(f"{self.name} has no fp32 figure (fp32_tflops); `fleet hardware "
+                                 f"devices --local` measures this machine's")
+            return self.fp32_tflops * 1e12
+        if dtype != "bf16":
+            raise ValueError(f"dtype must be bf16, fp8 or fp32, got {dtype!r}")
         return self.bf16_tflops * 1e12
 
 
@@ -123,32 +133,32 @@ def get_devices(*, user: list[dict] | None = None, local: Device | None = None) 
 
 
 def measure_local_cpu(*, dtype: str = "auto", seconds: float = 1.0, name: str = "local-cpu", now=None) -> Device:
-    """This machine, measured: best-of-repeats GEMM FLOP/s in `dtype` and streaming read
-    bandwidth (a large tensor sum), with torch's current thread count, on the clock `now`
-    (default wall time; calibration passes its CPU-time clock). Price 0: it is here.
+    """This machine, measured: best-of-repeats GEMM FLOP/s in bf16 and in fp32, and streaming
+    read bandwidth (a large tensor sum), with torch's current thread count, on the clock `now`
+    (default wall time; calibration passes its CPU-time clock), `seconds` each. Price 0.
 
-    `dtype` "auto" measures the dtype the engine runs here (`engine.loader.resolve_dtype`): bf16
-    on CPUs with AVX-512 BF16 or AMX, fp32 elsewhere, where bf16 is emulated ~100x slower and
-    the engine does not use it. The figure goes in `bf16_tflops` (the field the perf model
-    reads as "dense matmul peak") and `source` names the dtype measured."""
+    `dtype` ("auto", "bf16" or "fp32") is the one the engine runs here, named first in
+    `source`; "auto" resolves it as the engine does (`engine.loader.resolve_dtype`): bf16 on
+    CPUs with AVX-512 BF16 or AMX, fp32 elsewhere, where bf16 is emulated ~100x slower. Both
+    figures are real measurements; an emulated bf16 is timed on a smaller GEMM (1024x1024x512)
+    so that one repeat fits the time. The perf model reads the one of its own `dtype`
+    (`Perf(..., dtype="fp32")` for an fp32 engine)."""
     import os
 
     import torch
 
     now = now or time.perf_counter
+    from fleetlm.engine.loader import cpu_has_fast_bf16
+
+    native_bf16 = cpu_has_fast_bf16()
     if dtype == "auto":
-        from fleetlm.engine.loader import resolve_dtype
-
-        dtype = "bf16" if resolve_dtype("auto", torch.device("cpu")) == torch.bfloat16 else "fp32"
-
-    tdtype = torch.bfloat16 if dtype == "bf16" else torch.float32
-    a = torch.randn(1024, 2048, dtype=tdtype)
-    b = torch.randn(2048, 2048, dtype=tdtype)
-    best_flops, deadline = 0.0, time.perf_counter() + seconds
-    while time.perf_counter() < deadline:
-        t0 = now()
-        torch.matmul(a, b)
-        best_flops = max(best_flops, 2 * 1024 * 2048 * 2048 / max(now() - t0, 1e-9))
+        dtype = "bf16" if native_bf16 else "fp32"
+    if dtype not in ("bf16", "fp32"):
+        raise ValueError(f"dtype must be auto, bf16 or fp32, got {dtype!r}")
+    full, small = (1024, 2048, 2048), (512, 1024, 1024)
+    bf16_shape = full if native_bf16 else small
+    flops = {"fp32": _gemm_flops(torch.float32, full, seconds, now),
+             "bf16": _gemm_flops(torch.bfloat16, bf16_shape, seconds, now)}
     x = torch.ones(64 * 2**20, dtype=torch.float32)  # 256 MiB, far beyond any cache
     best_bw, deadline = 0.0, time.perf_counter() + seconds
     while time.perf_counter() < deadline:
@@ -156,8 +166,26 @@ def measure_local_cpu(*, dtype: str = "auto", seconds: float = 1.0, name: str = 
         x.sum()
         best_bw = max(best_bw, x.numel() * 4 / max(now() - t0, 1e-9))
     mem_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9
-    return Device(name=name, kind="cpu", bf16_tflops=best_flops / 1e12, mem_bw_gbps=best_bw / 1e9,
+    shapes = {"fp32": full, "bf16": bf16_shape}
+    other = "bf16" if dtype == "fp32" else "fp32"
+    gemm = lambda d: f"{d} {'x'.join(map(str, shapes[d]))} GEMM"  # noqa: E731
+    return Device(name=name, kind="cpu", bf16_tflops=flops["bf16"] / 1e12,
+                  fp32_tflops=flops["fp32"] / 1e12, mem_bw_gbps=best_bw / 1e9,
                   mem_gb=mem_gb, max_tp=1, usd_per_hour=0.0, compute_eff=0.5, bandwidth_eff=0.5,
                   step_overhead_s=0.005,
-                  source=f"measured here: {dtype} 1024x2048x2048 GEMM and a 256 MiB read, "
-                         f"{torch.get_num_threads()} threads, best of {seconds:.0f} s each")
+                  source=f"measured here: {gemm(dtype)} (the engine's dtype), {gemm(other)} and a "
+                         f"256 MiB read, {torch.get_num_threads()} threads, best of {seconds:g} s each")
+
+
+def _gemm_flops(tdtype, shape: tuple[int, int, int], seconds: float, now) -> float:
+    """Best FLOP/s of an (m x k) @ (k x n) matmul over `seconds` (at least one repeat)."""
+    import torch
+
+    m, k, n = shape
+    a, b = torch.randn(m, k, dtype=tdtype), torch.randn(k, n, dtype=tdtype)
+    best, deadline = 0.0, time.perf_counter() + seconds
+    while best == 0.0 or time.perf_counter() < deadline:
+        t0 = now()
+        torch.matmul(a, b)
+        best = max(best, 2 * m * k * n / max(now() - t0, 1e-9))
+    return best

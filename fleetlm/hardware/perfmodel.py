@@ -9,7 +9,8 @@ three efficiency factors of `Device` fits all of them.
 
 FLOPs per new token: 2 x (non-embedding parameters) + 4 x layers x heads x head_dim per
 attended position; the LM head (2 x vocab x hidden) only for rows that sample. Bytes per
-step: all weights (once per step, whatever the batch) + the KV cache read.
+step: all weights (once per step, whatever the batch) + the KV cache read, at the bytes per
+element of the replica's dtype (`WEIGHT_BYTES`; KV 4 bytes in fp32, else 2).
 """
 
 from __future__ import annotations
@@ -120,22 +121,34 @@ def decode_work(batch: int, ctx: float) -> StepWork:
     return StepWork(batch, batch * ctx, batch * ctx, batch, batch)
 
 
+WEIGHT_BYTES = {"bf16": 2, "fp8": 1, "fp32": 4}  # bytes per weight, by Perf.dtype
+
+
 @dataclass(frozen=True)
 class Perf:
     shape: ModelShape
     device: Device
     tp: int = 1  # devices per replica (tensor parallel)
-    dtype: str = "bf16"  # weights and matmuls: bf16 or fp8; the KV cache stays 16-bit
+    # Weights and matmuls: bf16, fp8, or fp32 (the engine on a CPU without native bf16). The
+    # KV cache and activations are 16-bit for bf16/fp8 and fp32 for fp32, as the engine keeps them.
+    dtype: str = "bf16"
     mem_util: float = 0.90  # fraction of device memory the engine may use (weights + KV)
     allreduce_latency_s: float = 5e-6
     _weight_bytes: float = field(init=False, repr=False)
+    _act_bytes: int = field(init=False, repr=False)  # per KV / activation element
 
     def __post_init__(self):
         if not 1 <= self.tp <= self.device.max_tp:
             raise ValueError(f"{self.device.name}: tp must be in 1..{self.device.max_tp}, got {self.tp}")
-        self.device.peak_flops(self.dtype)  # fp8 on a device without it: a clear error now
-        wb = 1 if self.dtype == "fp8" else 2
-        object.__setattr__(self, "_weight_bytes", self.shape.params * wb)
+        if self.dtype not in WEIGHT_BYTES:
+            raise ValueError(f"dtype must be one of {', '.join(WEIGHT_BYTES)}, got {self.dtype!r}")
+        self.device.peak_flops(self.dtype)  # fp8 (or fp32) on a device without it: a clear error now
+        object.__setattr__(self, "_weight_bytes", self.shape.params * WEIGHT_BYTES[self.dtype])
+        object.__setattr__(self, "_act_bytes", 4 if self.dtype == "fp32" else 2)
+
+    def kv_bytes_per_token(self) -> int:
+        """KV-cache bytes one token takes on this replica's dtype."""
+        return self.shape.kv_bytes_per_token(self._act_bytes)
 
     @property
     def name(self) -> str:
@@ -148,7 +161,7 @@ class Perf:
     def kv_capacity_tokens(self) -> int:
         """Tokens of KV cache that fit next to the weights; <= 0: the model does not fit."""
         free = self.tp * self.device.mem_gb * 1e9 * self.mem_util - self._weight_bytes
-        return int(free // self.shape.kv_bytes_per_token())
+        return int(free // self.kv_bytes_per_token())
 
     def fits(self, min_tokens: int = 8192) -> bool:
         return self.kv_capacity_tokens() >= min_tokens
@@ -165,12 +178,12 @@ class Perf:
             kv = (1 - sf) * kv + sf * min(kv, w.seqs * win)
         flops = (2 * s.layer_params * w.tokens + 4 * s.layers * s.heads * s.head_dim * pairs
                  + 2 * s.vocab * s.hidden * w.sampled)
-        bytes_ = self._weight_bytes + s.kv_bytes_per_token() * (kv + w.tokens)
+        bytes_ = self._weight_bytes + self.kv_bytes_per_token() * (kv + w.tokens)
         compute = flops / (self.tp * d.peak_flops(self.dtype) * d.compute_eff)
         memory = bytes_ / (self.tp * d.mem_bw_gbps * 1e9 * d.bandwidth_eff)
         comm = 0.0
         if self.tp > 1:  # two ring all-reduces of the activations per layer
-            size = w.tokens * s.hidden * 2
+            size = w.tokens * s.hidden * self._act_bytes
             comm = 2 * s.layers * (2 * (self.tp - 1) / self.tp * size / (d.interconnect_gbps * 1e9)
                                    + self.allreduce_latency_s)
         return d.step_overhead_s + max(compute, memory) + comm

@@ -233,7 +233,7 @@ def simulate(pools: dict[str, SimPool], route, trace: Trace, slo: SLO) -> SimRes
             rep = obj
             for r in rep.finish(now):
                 net = min(rep.perf.device.network_gbps, pools[r.decode_pool].perf.device.network_gbps)
-                push(now + r.prompt * rep.perf.shape.kv_bytes_per_token() / (net * 1e9), "join", (r.decode_pool, r))
+                push(now + r.prompt * rep.perf.kv_bytes_per_token() / (net * 1e9), "join", (r.decode_pool, r))
             kick(rep, now)
     return _summarize(reqs, reps, pools, trace, slo)
 

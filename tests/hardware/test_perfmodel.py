@@ -49,6 +49,23 @@ def test_decode_at_batch_one_is_bandwidth_bound_and_prefill_compute_bound():
     assert Perf(L8, h100, 2).prefill_time(4096) < perf.prefill_time(4096) < Perf(L8, CATALOG["L4"], 1).prefill_time(4096)
 
 
+def test_fp32_replica_counts_four_bytes_per_weight_and_kv_element():
+    """The engine runs fp32 on a CPU without native bf16; its weights and KV cache take twice
+    the bytes, so a bandwidth-bound decode step takes about twice as long."""
+    cpu = Device(name="cpu", kind="cpu", bf16_tflops=0.001, fp32_tflops=0.14, mem_bw_gbps=30, mem_gb=24,
+                 usd_per_hour=0, max_tp=1, step_overhead_s=0.0)
+    b16, f32 = Perf(L8, cpu, 1, dtype="bf16"), Perf(L8, cpu, 1, dtype="fp32")
+    assert f32.kv_bytes_per_token() == 2 * b16.kv_bytes_per_token()
+    weights_s = L8.params * 4 / (cpu.mem_bw_gbps * 1e9 * cpu.bandwidth_eff)
+    assert f32.decode_step(1, 16) == pytest.approx(weights_s, rel=0.01)
+    # Compute uses each dtype's own peak: fp32 prefill is ~140x faster than emulated bf16 here.
+    assert b16.prefill_time(512) / f32.prefill_time(512) == pytest.approx(140, rel=0.05)
+    with pytest.raises(ValueError, match="fp32"):  # a datasheet GPU has no fp32 figure
+        Perf(L8, CATALOG["H100-SXM"], 1, dtype="fp32")
+    with pytest.raises(ValueError, match="dtype"):
+        Perf(L8, cpu, 1, dtype="int4")
+
+
 def test_memory_fit_tp_and_fp8():
     assert not Perf(L70, CATALOG["H100-SXM"], 1).fits()
     assert Perf(L70, CATALOG["H100-SXM"], 2).fits() and Perf(L70, CATALOG["MI300X"], 1).fits()
