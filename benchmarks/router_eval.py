@@ -23,7 +23,7 @@ import numpy as np
 
 from fleetlm.compound.router.data import default_data_root, load_dataset, to_arrays
 from fleetlm.compound.router.encoder import EncoderConfig, RoutingEncoder
-from fleetlm.compound.router.evaluate import evaluate, format_report, plot_pareto
+from fleetlm.compound.router.evaluate import evaluate, format_report, latency_summary, plot_pareto, time_rank
 from fleetlm.compound.router.router import Router, train_router
 
 RESULTS = Path(__file__).parent / "results"
@@ -55,36 +55,23 @@ def run(data: str, policy: str, params: dict, encoder: RoutingEncoder, out: list
     except ImportError:
         plot_note = "plot: skipped (pip install matplotlib)"
 
-    # Timed side by side, one prompt at a time, alternating: the trained router and, for each
+    # Timed side by side, alternating on each prompt: the trained router and, for each
     # --latency-window, the same policy reading a different window (timing only: its
     # embeddings do not match the policy's, but the arithmetic per request is the same).
     timed = {"trained": router}
     for h, t in latency_windows:
-        timed[f"{h}+{t}"] = Router(router.models, router.policy, router.expected_cost,
-                                          router.lam, cost_model=router.cost_model,
-                                          encoder=RoutingEncoder(EncoderConfig(h, t),
-                                                                 embedder=encoder.embedder))
-    lat = {name: [] for name in timed}
-    for r in timed.values():
-        r.rank(arrays.prompts[0])  # warm-up: first call loads nothing new but allocates
-    for prompt in arrays.prompts[:300]:
-        for name, r in timed.items():
-            t = time.perf_counter()
-            r.rank(prompt)
-            lat[name].append(time.perf_counter() - t)
-    lat_ms = np.array(lat.pop("trained")) * 1e3
-    window = router.encoder.config
-    extra = [f"  same rank() reading a {name} token window instead: p50 {np.median(v) * 1e3:.1f} ms, "
-             f"p90 {np.percentile(v, 90) * 1e3:.1f} ms (alternating with the line above)"
+        timed[f"{h}+{t}"] = Router(router.models, router.policy, router.expected_cost, router.lam,
+                                   cost_model=router.cost_model,
+                                   encoder=RoutingEncoder(EncoderConfig(h, t), embedder=encoder.embedder))
+    lat = time_rank(timed, arrays.prompts[:300])
+    report.latency = latency_summary(lat.pop("trained"), router.encoder.config)
+    extra = [f"  same rank() reading a {name} token window instead: p50 {np.median(v):.1f} ms, "
+             f"p90 {np.percentile(v, 90):.1f} ms (alternating with the routing latency line)"
              for name, v in lat.items()]
     out += [f"## {data}: {len(train)} train / {len(test)} test queries, {len(router.models)} models, "
             f"policy {policy} {router.policy.params} (embed+fit {fit_s:.1f} s)",
-            format_report(report),
-            f"routing latency per request (Router.rank, MiniLM embedding included, "
-            f"{window.head_tokens}+{window.tail_tokens} token window, {len(lat_ms)} test prompts, "
-            f"1 at a time): p50 {np.median(lat_ms):.1f} ms, p90 {np.percentile(lat_ms, 90):.1f} ms",
-            *extra, plot_note, ""]
-    print("\n".join(out[-5 - len(extra):]), flush=True)
+            format_report(report), *extra, plot_note, ""]
+    print("\n".join(out[-4 - len(extra):]), flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -50,6 +50,10 @@ def test_train_then_eval_on_jsonl(tmp_path, capsys):
     assert _fleet(argv) == 0
     text = capsys.readouterr().out
     assert "APGR" in text and "oracle" in text
+    # Done-point 2's figure: what routing adds per request, timed on the test prompts.
+    lat = next(l for l in text.splitlines() if l.startswith("routing latency per request"))
+    assert "20 test prompts" in lat and "0+24 token window" in lat
+    assert 0 < float(lat.split("p50 ")[1].split(" ms")[0]) < 10_000
     # The router sends code/arithmetic to `big` and the rest to `small`: full quality for
     # about half of big's cost.
     last = text.strip().splitlines()[-1]
@@ -89,6 +93,9 @@ def test_train_reads_the_window_it_is_given(tmp_path, capsys):
                                                                                  "tail_tokens": 16}
     assert _fleet(argv + ["--tail-tokens", "-1", "--out", str(tmp_path / "bad")]) == 2
     assert "tail_tokens" in capsys.readouterr().err and not (tmp_path / "bad").exists()
+    assert _fleet(["router", "eval", "--router", str(out), "--data", str(tmp_path / "train.jsonl"),
+                   "--prices", str(tmp_path / "prices.json"), "--latency-prompts", "-3"]) == 2
+    assert "--latency-prompts" in capsys.readouterr().err
 
 
 @pytest.mark.slow

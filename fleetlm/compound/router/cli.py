@@ -6,7 +6,8 @@
 ``--data`` is ``routerbench_zs`` or ``llmrouter`` (train reads the train split, eval the test
 split; ``--data-root`` overrides where they live) or a ``.jsonl`` file in our format (see
 :mod:`fleetlm.compound.router.data`; ``--prices`` prices token counts). ``eval`` prints the
-tables and, as its last line, ``cost_at_best_quality: 0.xx`` (or ``n/a``).
+tables, the routing latency per request (``--latency-prompts``) and, as its last line,
+``cost_at_best_quality: 0.xx`` (or ``n/a``).
 
 ``add_router_parser(subparsers)`` adds the ``router`` command to the ``fleet`` parser; each
 subcommand sets ``func`` (``args.func(args) -> exit code``), like the other commands.
@@ -48,6 +49,8 @@ def add_router_parser(subparsers) -> argparse.ArgumentParser:
     e.add_argument("--router", required=True, help="router folder written by `router train`")
     e.add_argument("--plot", help="write the Pareto plot here (PNG; needs matplotlib)")
     e.add_argument("--pair", help="STRONG,WEAK: also report APGR and CPT for these two models")
+    e.add_argument("--latency-prompts", type=int, default=200, metavar="N",
+                   help="time routing on the first N test prompts, one at a time (default 200; 0: skip)")
     e.set_defaults(func=cmd_eval)
     return r
 
@@ -125,7 +128,7 @@ def cmd_train(args) -> int:
 
 def cmd_eval(args) -> int:
     from fleetlm.compound.router.data import to_arrays
-    from fleetlm.compound.router.evaluate import evaluate, format_report, plot_pareto
+    from fleetlm.compound.router.evaluate import evaluate, format_report, latency_summary, plot_pareto, time_rank
     from fleetlm.compound.router.router import Router
 
     try:
@@ -134,12 +137,17 @@ def cmd_eval(args) -> int:
         pair = tuple(args.pair.split(",")) if args.pair else None
         if pair and (len(pair) != 2 or any(m not in router.models for m in pair)):
             raise ValueError(f"--pair needs two of the router's models, got {args.pair!r}")
+        if args.latency_prompts < 0:
+            raise ValueError(f"--latency-prompts must be >= 0, got {args.latency_prompts}")
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     X = router.embed(arrays.prompts)
     report = evaluate(router.quality(X), arrays.scores, arrays.costs, router.cost_weights(X),
                       router.models, pair=pair)
+    if args.latency_prompts:
+        ms = time_rank({"router": router}, arrays.prompts[:args.latency_prompts])["router"]
+        report.latency = latency_summary(ms, router.encoder.config)
     if args.plot:
         plot_pareto(report, args.plot, title=f"{args.router} on {args.data}")
         print(f"plot: {args.plot}")

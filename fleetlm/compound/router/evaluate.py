@@ -20,6 +20,8 @@ Metrics (each function says exactly what it computes, so they can be checked by 
   predicted advantage ``P[:, strong] − P[:, weak]``; at each share f of strong calls
   (f = 0, 1/n, …, 1), ``PGR(f) = (q(f) − q_weak) / (q_strong − q_weak)``. APGR is the
   trapezoid area under PGR over f ∈ [0, 1]; CPT(x) is the smallest f with PGR ≥ x.
+* **routing latency** (:func:`time_rank`): ``Router.rank(prompt)`` per test prompt, one at a
+  time, embedding included: what routing adds to a request (p50 and p90).
 * **cost_at_best_quality**: over the λ sweep's points (not the hull: only realised routings),
   the lowest total cost at which the router's quality ≥ the best single model's accuracy,
   as a fraction of that model's total cost; ``None`` (printed ``n/a``) if it never does.
@@ -54,6 +56,32 @@ class EvalReport:
     best_model: str
     cost_at_best_quality: float | None
     two_model: dict | None = None  # {"strong", "weak", "apgr", "cpt50", "cpt80"}
+    latency: dict | None = None  # routing time per request: {"p50_ms", "p90_ms", "n", "window"}
+
+
+def time_rank(routers: dict, prompts: list[str]) -> dict[str, np.ndarray]:
+    """Milliseconds of ``router.rank(prompt)`` for each prompt, one prompt at a time, per named
+    router (embedding included). With several routers they alternate on every prompt, so a
+    shared machine's drifts hit them alike. One untimed warm-up call each."""
+    import time
+
+    if not prompts:
+        raise ValueError("time_rank needs at least one prompt")
+    for r in routers.values():
+        r.rank(prompts[0])
+    out = {name: [] for name in routers}
+    for prompt in prompts:
+        for name, r in routers.items():
+            t = time.perf_counter()
+            r.rank(prompt)
+            out[name].append(time.perf_counter() - t)
+    return {name: np.array(v) * 1e3 for name, v in out.items()}
+
+
+def latency_summary(ms: np.ndarray, window) -> dict:
+    """``EvalReport.latency`` from :func:`time_rank`'s milliseconds and the encoder's window."""
+    return {"p50_ms": float(np.median(ms)), "p90_ms": float(np.percentile(ms, 90)), "n": len(ms),
+            "window": f"{window.head_tokens}+{window.tail_tokens}"}
 
 
 def sweep(P: np.ndarray, Y: np.ndarray, C: np.ndarray, cost_norm: np.ndarray, models: list[str],
@@ -187,6 +215,11 @@ def format_report(r: EvalReport, *, max_points: int = 12) -> str:
         t = r.two_model
         lines.append(f"two-model ({t['strong']} vs {t['weak']}): APGR {t['apgr']:.4f}  "
                      f"CPT(50%) {_pct(t['cpt50'])}  CPT(80%) {_pct(t['cpt80'])}")
+    if r.latency:
+        t = r.latency
+        lines.append(f"routing latency per request (Router.rank, MiniLM embedding included, "
+                     f"{t['window']} token window, {t['n']} test prompts, 1 at a time): "
+                     f"p50 {t['p50_ms']:.1f} ms, p90 {t['p90_ms']:.1f} ms")
     cab = r.cost_at_best_quality
     lines.append(f"best single model: {r.best_model} "
                  f"({r.accuracy[r.models.index(r.best_model)]:.4f}, {best_cost:.4f} USD)")
