@@ -45,6 +45,9 @@ class Device:
         for f in ("bf16_tflops", "mem_bw_gbps", "mem_gb", "compute_eff", "bandwidth_eff"):
             if not getattr(self, f) > 0:
                 raise ValueError(f"device {self.name}: {f} must be > 0, got {getattr(self, f)}")
+        for f in ("fp8_tflops", "fp32_tflops"):
+            if getattr(self, f) is not None and not getattr(self, f) > 0:
+                raise ValueError(f"device {self.name}: {f} must be > 0 when given, got {getattr(self, f)}")
         if self.usd_per_hour < 0 or self.step_overhead_s < 0 or self.max_tp < 1:
             raise ValueError(f"device {self.name}: usd_per_hour and step_overhead_s must be >= 0, max_tp >= 1")
         if self.max_tp > 1 and self.interconnect_gbps <= 0:
@@ -140,7 +143,7 @@ def measure_local_cpu(*, dtype: str = "auto", seconds: float = 1.0, name: str = 
     `dtype` ("auto", "bf16" or "fp32") is the one the engine runs here, named first in
     `source`; "auto" resolves it as the engine does (`engine.loader.resolve_dtype`): bf16 on
     CPUs with AVX-512 BF16 or AMX, fp32 elsewhere, where bf16 is emulated ~100x slower. Both
-    figures are real measurements; an emulated bf16 is timed on a smaller GEMM (1024x1024x512)
+    figures are real measurements; an emulated bf16 is timed on a smaller GEMM (512x1024x1024)
     so that one repeat fits the time. The perf model reads the one of its own `dtype`
     (`Perf(..., dtype="fp32")` for an fp32 engine)."""
     import os

@@ -73,11 +73,13 @@ class Plan:
 
 
 def instance_types(shape: ModelShape, devices: list[Device], min_tokens: int, dtype: str = "bf16") -> list[Perf]:
-    """Every (device, tp) on which the model fits with at least `min_tokens` of KV cache."""
+    """Every (device, tp) on which the model fits with at least `min_tokens` of KV cache;
+    devices with no peak for `dtype` (fp8 or fp32 not known) are left out."""
     out = []
     for d in devices:
+        unknown = (dtype == "fp8" and d.fp8_tflops is None) or (dtype == "fp32" and d.fp32_tflops is None)
         for tp in (1, 2, 4, 8):
-            if tp > d.max_tp or (dtype == "fp8" and d.fp8_tflops is None):
+            if tp > d.max_tp or unknown:
                 continue
             p = Perf(shape, d, tp, dtype=dtype)
             if p.fits(min_tokens):

@@ -10,6 +10,7 @@ from fleetlm.config import load_fleet_toml
 from fleetlm.hardware.devices import CATALOG, Device, get_devices
 from fleetlm.hardware.perfmodel import (NAMED_SHAPES, Perf, decode_work, estimate, prefill_work, resolve_shape,
                                         shape_from_config)
+from fleetlm.hardware.planner import instance_types
 
 L8, L70 = NAMED_SHAPES["Llama-3.1-8B"], NAMED_SHAPES["Llama-3.1-70B"]
 
@@ -64,6 +65,14 @@ def test_fp32_replica_counts_four_bytes_per_weight_and_kv_element():
         Perf(L8, CATALOG["H100-SXM"], 1, dtype="fp32")
     with pytest.raises(ValueError, match="dtype"):
         Perf(L8, cpu, 1, dtype="int4")
+    with pytest.raises(ValueError, match="fp32_tflops"):
+        Device(name="bad", bf16_tflops=1, fp32_tflops=0, mem_bw_gbps=1, mem_gb=1, usd_per_hour=1)
+    # 8B fp32 weights (32 GB) do not fit in the 24 GB CPU; the planner leaves out devices with
+    # no fp32 figure instead of failing on them.
+    big_cpu = Device(name="big-cpu", kind="cpu", bf16_tflops=0.001, fp32_tflops=0.14, mem_bw_gbps=30,
+                     mem_gb=128, usd_per_hour=0, max_tp=1)
+    types = instance_types(L8, [cpu, big_cpu, CATALOG["H100-SXM"]], 8192, dtype="fp32")
+    assert [t.device.name for t in types] == ["big-cpu"]
 
 
 def test_memory_fit_tp_and_fp8():

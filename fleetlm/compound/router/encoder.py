@@ -13,7 +13,8 @@ seeds) put every window tried within ~0.002 AIQ of the others: 8+32 scored 0.848
 (routerbench_zs / llmrouter), 0+24 0.8468 / 0.6367, 8+16 0.8456 / 0.6353. The window sets
 the embedding's cost, though (MiniLM's matmuls grow with it): with 26 tokens instead of 42,
 ``Router.rank`` took 12-21% less time side by side, which keeps routing inside 15 ms on an
-AVX2-only CPU without bf16 (README, router section). ``fleet router train --head-tokens/--tail-tokens`` picks another.
+AVX2-only CPU without bf16 (README, router section). ``fleet router train --head-tokens N
+--tail-tokens N`` picks another window.
 
 Contract: ``encode(texts) -> (n, 384) float32`` L2-normalised numpy rows, input order; the
 same window parameters must be used to train and to route (the router saves them).
