@@ -28,6 +28,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from fleetlm.compound.router.coalesce import Coalescer
+
 # Characters BERT's pre-tokenizer always splits at (not Python's \s: it also matches \x0b,
 # \x0c and \x1c-\x1f, which BERT deletes as control characters, joining their neighbours).
 _SPLIT = " \t\n\r"
@@ -48,15 +50,21 @@ class EncoderConfig:
 
 
 class RoutingEncoder:
-    """Embeds prompts for routing. The MiniLM model loads on first use (a few seconds)."""
+    """Embeds prompts for routing. The MiniLM model loads on first use (a few seconds).
 
-    def __init__(self, config: EncoderConfig = EncoderConfig(), embedder=None):
+    ``coalesce`` (default on): concurrent ``encode`` calls share forwards — while one runs,
+    later callers queue and the next forward embeds all of their windows at once
+    (:mod:`.coalesce`); the server ranks concurrent requests on worker threads. Vectors are
+    the same either way (right-padded batches, ~1e-6)."""
+
+    def __init__(self, config: EncoderConfig = EncoderConfig(), embedder=None, *, coalesce: bool = True):
         self.config = config
         self._embedder = embedder  # fleetlm.models.embeddings.Embedder, built lazily
         self._tokenizer = None
         self._bert_pretokenizer = False  # set on load: may prompts be tokenized in slices?
         # A fast tokenizer raises "Already borrowed" if two threads call it at once.
         self._lock = threading.Lock()
+        self._embed_rows = Coalescer(self._embed_now) if coalesce else self._embed_now
 
     @property
     def embedder(self):
@@ -72,10 +80,15 @@ class RoutingEncoder:
         return ids[:h] + (ids[-t:] if t else [])
 
     def encode(self, texts: list[str]) -> np.ndarray:
+        if not texts:
+            raise ValueError("encode() needs at least one text")
         self._ensure_loaded()
         with self._lock:
             rows = self._window_ids(list(texts))
-        return self._embedder.embed_token_ids(rows).vectors.numpy()
+        return np.stack(self._embed_rows(rows))
+
+    def _embed_now(self, rows: list[list[int]]) -> list[np.ndarray]:
+        return list(self._embedder.embed_token_ids(rows).vectors.numpy())
 
     def _window_ids(self, texts: list[str]) -> list[list[int]]:
         """``window(tokenize(text))`` for each text, tokenizing only the two ends of long ones.
