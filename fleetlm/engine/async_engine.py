@@ -6,6 +6,12 @@ Leaving the iterator early (a client disconnect, a cancelled task) aborts the re
 engine, which frees its KV blocks at the next step boundary. All engine state is touched by
 the engine thread only; other threads talk to it through a command queue. Torch releases the
 GIL in its kernels, so the event loop stays responsive while a step runs.
+
+The engine is built on the engine thread too (the constructor waits for it and re-raises a
+load error): torch's OpenMP runtime runs parallel regions fastest on the first thread of the
+process that uses it, and measurably slower on any later one. gemma-3-270m on 2 AVX2 cores,
+8 streams: 56-59 output tok/s when the model was loaded on the main thread and stepped here,
+60-63 when loaded here (`benchmarks/engine_thread.py`, three rounds each).
 """
 
 from __future__ import annotations
@@ -28,14 +34,21 @@ class EngineDeadError(RuntimeError):
 
 class AsyncLLM:
     def __init__(self, config: EngineConfig | None = None, *, engine: LLMEngine | None = None):
-        self.engine = engine or LLMEngine(config or EngineConfig())
+        """Starts the engine thread, which builds the engine from ``config`` (unless an
+        ``engine`` is given) before it serves; returns once it is built, raising its error."""
+        self.engine = engine
+        self._config = config or EngineConfig()
         self._commands: queue.SimpleQueue = queue.SimpleQueue()
         self._streams: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Queue]] = {}
         self._lock = threading.Lock()  # guards _streams
         self._stopped = threading.Event()
+        self._built = threading.Event()
         self.error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="fleetlm-engine", daemon=True)
         self._thread.start()
+        self._built.wait()
+        if self.engine is None:  # the build failed; the thread has ended
+            raise self.error
 
     @property
     def tokenizer(self):
@@ -105,6 +118,15 @@ class AsyncLLM:
         return True
 
     def _run(self) -> None:
+        try:
+            if self.engine is None:
+                self.engine = LLMEngine(self._config)
+        except BaseException as exc:
+            self.error = exc
+            self._stopped.set()
+            return
+        finally:
+            self._built.set()
         try:
             while True:
                 block = not self.engine.has_unfinished_requests()

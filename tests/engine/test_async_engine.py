@@ -13,6 +13,7 @@ from fleetlm import LLM, SamplingParams
 from fleetlm.config import EngineConfig
 from fleetlm.engine.async_engine import AsyncLLM, EngineDeadError
 from fleetlm.engine.errors import InvalidRequestError, PromptTooLongError
+from fleetlm.models.errors import ModelNotAvailableError
 
 GREEDY = SamplingParams(temperature=0, max_tokens=10, ignore_eos=True)
 LONG = SamplingParams(temperature=0, max_tokens=400, ignore_eos=True)
@@ -190,3 +191,32 @@ def test_shutdown_ends_open_streams(async_llm):
         assert ended == "dead" or (ended.finished and ended.outputs[0].finish_reason == "abort")
 
     asyncio.run(main())
+
+
+def test_engine_is_built_on_its_own_thread_and_a_load_error_reaches_the_caller(tiny_gemma, tmp_path):
+    """The engine thread is the one that loads the model (the first to run torch's parallel
+    regions steps fastest), and a model that cannot load fails the constructor, not later."""
+    import threading
+
+    from fleetlm.engine.engine import LLMEngine
+
+    built_on = []
+    original = LLMEngine.__init__
+
+    def spy(self, *a, **kw):
+        built_on.append(threading.current_thread().name)
+        original(self, *a, **kw)
+
+    LLMEngine.__init__ = spy
+    try:
+        llm = AsyncLLM(EngineConfig(model=str(tiny_gemma), dtype="float32"))
+    finally:
+        LLMEngine.__init__ = original
+    try:
+        assert built_on == ["fleetlm-engine"] and llm.engine is not None
+        out = asyncio.run(collect(llm, prompts(1)[0], GREEDY))[-1]
+        assert out.finished and len(out.outputs[0].token_ids) == 10
+    finally:
+        llm.shutdown()
+    with pytest.raises(ModelNotAvailableError, match="no-such-model"):
+        AsyncLLM(EngineConfig(model=str(tmp_path / "no-such-model"), dtype="float32"))
