@@ -6,7 +6,9 @@ Two layouts, each in a fresh process, alternating for `--rounds`:
 
 * ``loaded-on-main``: the model is loaded on the main thread, then stepped on the engine
   thread (what `AsyncLLM` did before it built the engine itself);
-* ``built-on-engine-thread``: `AsyncLLM(config)` loads it on the engine thread (now).
+* ``built-on-engine-thread``: `AsyncLLM(config)` loads it on the engine thread (now);
+* ``engine-thread+embedder``: the same, then the main thread loads the MiniLM embedder and
+  embeds one text, as `fleet serve` does by default (embeddings on) before serving.
 
 Each process serves 8 concurrent greedy requests (64-token random prompts, 64 new tokens,
 EOS ignored) twice through `AsyncLLM` on gemma-3-270m and reports the second pass: output
@@ -26,7 +28,7 @@ import time
 from pathlib import Path
 
 RESULTS = Path(__file__).parent / "results"
-LAYOUTS = ("loaded-on-main", "built-on-engine-thread")
+LAYOUTS = ("loaded-on-main", "built-on-engine-thread", "engine-thread+embedder")
 
 
 def child(layout: str) -> dict:
@@ -42,6 +44,10 @@ def child(layout: str) -> dict:
 
     config = EngineConfig(model="gemma-3-270m", max_num_seqs=8, enable_prefix_caching=False)
     llm = AsyncLLM(engine=LLMEngine(config)) if layout == "loaded-on-main" else AsyncLLM(config)
+    if layout == "engine-thread+embedder":
+        from fleetlm.models.embeddings import Embedder
+
+        Embedder().embed(["warm-up"])
     rng = np.random.default_rng(0)
     params = SamplingParams(max_tokens=64, temperature=0.0, ignore_eos=True)
 
