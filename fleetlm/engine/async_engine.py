@@ -8,8 +8,8 @@ the engine thread only; other threads talk to it through a command queue. Torch 
 GIL in its kernels, so the event loop stays responsive while a step runs.
 
 The engine is built on the engine thread too (the constructor waits for it and re-raises a
-load error): torch's OpenMP runtime runs parallel regions fastest on the first thread of the
-process that uses it, and measurably slower on any later one. gemma-3-270m on 2 AVX2 cores,
+load error): torch's OpenMP parallel regions were measured to run slower on a thread other
+than the one that first used them (observed, not fully explained). gemma-3-270m on 2 AVX2 cores,
 8 streams, two runs of three rounds: 45-58 output tok/s when the model was loaded on the main
 thread and stepped here, 58-66 when loaded here (`benchmarks/engine_thread.py`).
 """
