@@ -43,12 +43,18 @@ def test_an_error_reaches_every_caller_of_its_batch_and_the_next_batch_runs():
             raise ValueError("bad item")
         return [s.upper() for s in items]
 
+    def wait_for(cond):
+        deadline = time.monotonic() + 5
+        while not cond() and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert cond()
+
     c = Coalescer(fn)
     with ThreadPoolExecutor(3) as pool:
         first = pool.submit(c, ["a"])  # leads; blocks in fn until the gate opens
-        time.sleep(0.1)
+        wait_for(lambda: c._busy)
         queued = [pool.submit(c, ["bad"]), pool.submit(c, ["b"])]  # queue behind it: one batch
-        time.sleep(0.1)
+        wait_for(lambda: len(c._queue) == 2)
         gate.set()
         assert first.result(5) == ["A"]
         for f in queued:
