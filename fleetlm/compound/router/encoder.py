@@ -12,8 +12,8 @@ Default 0 + 24 tokens. Repeated 5-fold cross-validation inside the train splits 
 seeds) put every window tried within ~0.002 AIQ of the others: 8+32 scored 0.8482 / 0.6356
 (routerbench_zs / llmrouter), 0+24 0.8468 / 0.6367, 8+16 0.8456 / 0.6353. The window sets
 the embedding's cost, though (MiniLM's matmuls grow with it): with 26 tokens instead of 42,
-``Router.rank`` took 12-21% less time side by side, which keeps routing inside 15 ms on an
-AVX2-only CPU without bf16 (README, router section). ``fleet router train --head-tokens N
+``Router.rank`` took 12-21% less time side by side, which keeps it inside 15 ms (as the eval
+measures it, on the loading thread) on an AVX2-only CPU without bf16 (README, router section). ``fleet router train --head-tokens N
 --tail-tokens N`` picks another window.
 
 Contract: ``encode(texts) -> (n, 384) float32`` L2-normalised numpy rows, input order; the
