@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from fleetlm.compound.router.data import default_data_root, load_routerbench_zs, to_arrays
+from fleetlm.compound.router.evaluate import frontier
 
 RESULTS = Path(__file__).parent / "results"
 MULTIPLE_CHOICE = {"arc-challenge", "winogrande"}
@@ -56,16 +57,6 @@ def answer(task: str, response: str) -> str | None:
     return " ".join(text.split()) or None
 
 
-def pareto(options: list[Option]) -> list[Option]:
-    """Options that no cheaper option matches in correct answers, cheapest first."""
-    front, best = [], -1
-    for o in sorted(options, key=lambda o: (o.cost, -o.correct)):
-        if o.correct > best:
-            front.append(o)
-            best = o.correct
-    return front
-
-
 def task_options(Y, C, answers, models, best: int, cheap: list[int], max_cascade: int,
                  cascades: bool) -> list[Option]:
     """Pareto front of single models and (optionally) agreement cascades for one task."""
@@ -81,7 +72,7 @@ def task_options(Y, C, answers, models, best: int, cheap: list[int], max_cascade
                 cost = C[:, list(S)].sum() + C[~agree, best].sum()
                 opts.append(Option(int(correct), float(cost),
                                    "cascade " + "+".join(models[i].split("/")[-1] for i in S)))
-    return pareto(opts)
+    return frontier(opts, quality=lambda o: o.correct)
 
 
 def combine(fronts: dict[str, list[Option]], budget: float, goal: int):

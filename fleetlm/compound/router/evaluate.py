@@ -202,7 +202,7 @@ def format_report(r: EvalReport, *, max_points: int = 12) -> str:
     lines += ["", "router cost-quality curve (lambda sweep, frontier points):",
               f"{'lambda':>10}  {'cost_usd':>9}  {'cost/best':>9}  {'quality':>7}  top models"]
     best_cost = r.cost[r.models.index(r.best_model)]
-    for p in _thin(_frontier(r.curve), max_points):
+    for p in _thin(frontier(r.curve), max_points):
         top = ", ".join(f"{m.split('/')[-1]} {s:.0%}" for m, s in
                         sorted(p.calls.items(), key=lambda t: -t[1])[:3])
         lines.append(f"{p.lam:10.4g}  {p.cost:9.4f}  {p.cost / best_cost:9.3f}  {p.quality:7.4f}  {top}")
@@ -231,11 +231,11 @@ def _pct(x) -> str:
     return "n/a" if x is None else f"{x:.1%}"
 
 
-def _frontier(curve: list[CurvePoint]) -> list[CurvePoint]:
-    """Points no cheaper point beats, by increasing cost."""
+def frontier(points: list, quality=lambda p: p.quality, cost=lambda p: p.cost) -> list:
+    """Points no cheaper (or equally cheap) point matches in quality, by increasing cost."""
     out = []
-    for p in sorted(curve, key=lambda p: (p.cost, -p.quality)):
-        if not out or p.quality > out[-1].quality:
+    for p in sorted(points, key=lambda p: (cost(p), -quality(p))):
+        if not out or quality(p) > quality(out[-1]):
             out.append(p)
     return out
 
@@ -258,7 +258,7 @@ def plot_pareto(r: EvalReport, path, *, title: str = "") -> None:
     ax.scatter(r.cost, r.accuracy, color="tab:gray", zorder=3)
     for m, c, a in zip(r.models, r.cost, r.accuracy):
         ax.annotate(m.split("/")[-1], (c, a), fontsize=7, xytext=(3, 3), textcoords="offset points")
-    front = _frontier(r.curve)
+    front = frontier(r.curve)
     ax.plot([p.cost for p in front], [p.quality for p in front], "-o", ms=2.5, color="tab:blue",
             label=f"router (AIQ {r.aiq['router']:.3f})", zorder=4)
     ax.scatter(*r.oracle, marker="*", s=150, color="tab:green", label="oracle", zorder=5)
