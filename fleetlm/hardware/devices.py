@@ -159,9 +159,9 @@ def measure_local_cpu(*, dtype: str = "auto", seconds: float = 1.0, name: str = 
     if dtype not in ("bf16", "fp32"):
         raise ValueError(f"dtype must be auto, bf16 or fp32, got {dtype!r}")
     full, small = (1024, 2048, 2048), (512, 1024, 1024)
-    bf16_shape = full if native_bf16 else small
-    flops = {"fp32": _gemm_flops(torch.float32, full, seconds, now),
-             "bf16": _gemm_flops(torch.bfloat16, bf16_shape, seconds, now)}
+    shapes = {"fp32": full, "bf16": full if native_bf16 else small}
+    flops = {d: _gemm_flops(torch.float32 if d == "fp32" else torch.bfloat16, shapes[d], seconds, now)
+             for d in ("fp32", "bf16")}
     x = torch.ones(64 * 2**20, dtype=torch.float32)  # 256 MiB, far beyond any cache
     best_bw, deadline = 0.0, time.perf_counter() + seconds
     while time.perf_counter() < deadline:
@@ -169,9 +169,11 @@ def measure_local_cpu(*, dtype: str = "auto", seconds: float = 1.0, name: str = 
         x.sum()
         best_bw = max(best_bw, x.numel() * 4 / max(now() - t0, 1e-9))
     mem_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9
-    shapes = {"fp32": full, "bf16": bf16_shape}
     other = "bf16" if dtype == "fp32" else "fp32"
-    gemm = lambda d: f"{d} {'x'.join(map(str, shapes[d]))} GEMM"  # noqa: E731
+
+    def gemm(d: str) -> str:
+        return f"{d} {'x'.join(map(str, shapes[d]))} GEMM"
+
     return Device(name=name, kind="cpu", bf16_tflops=flops["bf16"] / 1e12,
                   fp32_tflops=flops["fp32"] / 1e12, mem_bw_gbps=best_bw / 1e9,
                   mem_gb=mem_gb, max_tp=1, usd_per_hour=0.0, compute_eff=0.5, bandwidth_eff=0.5,
