@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from fleetlm.api.errors import APIError
+from fleetlm.openai.errors import APIError
 
 
 class Target(Protocol):

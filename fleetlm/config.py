@@ -1,21 +1,51 @@
-"""One validated dataclass per component. Unknown keys are errors, never ignored."""
+"""One validated dataclass per component, and the fleet.toml that holds them. Unknown keys
+are errors, never ignored; every dataclass is built from a dict by the one `from_dict`.
+
+This module imports nothing else of fleetlm: every layer may read its configuration."""
 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
 
 
-def _from_dict(cls, values: dict):
-    known = {f.name for f in dataclasses.fields(cls)}
+class FromDict:
+    """Mixin for config dataclasses: `Cls.from_dict(values)`."""
+
+    @classmethod
+    def from_dict(cls, values: dict, *, label: str | None = None):
+        return from_dict(cls, values, label=label)
+
+
+class ConfigKeyError(ValueError):
+    """Unknown or missing keys; `keys` names them (unknown ones first)."""
+
+    def __init__(self, message: str, keys: list[str]):
+        super().__init__(message)
+        self.keys = keys
+
+
+def from_dict(cls, values: dict, *, label: str | None = None):
+    """`cls(**values)` for a config dataclass, with clear errors: unknown keys (a typo must
+    never be silently ignored) and missing required ones are named. `label` names the table
+    in messages (default: the class name)."""
+    label = label or cls.__name__
+    fields = dataclasses.fields(cls)
+    known = {f.name for f in fields}
     unknown = sorted(set(values) - known)
     if unknown:
-        raise ValueError(f"Unknown {cls.__name__} key(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        raise ConfigKeyError(f"Unknown {label} key(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}",
+                             unknown)
+    missing = sorted(f.name for f in fields if f.name not in values and f.default is dataclasses.MISSING
+                     and f.default_factory is dataclasses.MISSING)
+    if missing:
+        raise ConfigKeyError(f"{label}: missing keys {missing}", missing)
     return cls(**values)
 
 
 @dataclass(kw_only=True)
-class EngineConfig:
+class EngineConfig(FromDict):
     model: str = "gemma-3-270m"  # embedded default id, or a local Hugging Face-format folder
     dtype: str = "auto"  # auto: bf16 on CUDA or a CPU with AVX-512 BF16 / AMX, else fp32
     device: str = "auto"  # auto: cuda if available, else cpu
@@ -58,13 +88,9 @@ class EngineConfig:
         if self.max_loras < 1 or self.max_lora_rank < 1:
             raise ValueError("EngineConfig.max_loras and max_lora_rank must be >= 1")
 
-    @classmethod
-    def from_dict(cls, values: dict) -> "EngineConfig":
-        return _from_dict(cls, values)
-
 
 @dataclass(kw_only=True)
-class ServerConfig:
+class ServerConfig(FromDict):
     host: str = "127.0.0.1"  # loopback by default; pass 0.0.0.0 deliberately to expose it
     port: int = 8000
     api_key: str | None = None  # when set, /v1/* needs `Authorization: Bearer <key>`
@@ -86,13 +112,9 @@ class ServerConfig:
         if self.max_pending_requests < 1 or self.max_body_bytes < 1024:
             raise ValueError("ServerConfig.max_pending_requests must be >= 1 and max_body_bytes >= 1024")
 
-    @classmethod
-    def from_dict(cls, values: dict) -> "ServerConfig":
-        return _from_dict(cls, values)
-
 
 @dataclass(kw_only=True)
-class UpstreamConfig:
+class UpstreamConfig(FromDict):
     """An OpenAI-compatible server whose models are served as `upstream/<name>/<model>`."""
 
     name: str
@@ -114,13 +136,9 @@ class UpstreamConfig:
         if self.timeout_s <= 0 or self.connect_timeout_s <= 0:
             raise ValueError(f"upstream {self.name}: timeouts must be > 0")
 
-    @classmethod
-    def from_dict(cls, values: dict) -> "UpstreamConfig":
-        return _from_dict(cls, values)
-
 
 @dataclass(kw_only=True)
-class RouterConfig:
+class RouterConfig(FromDict):
     """A router served as `router/<name>` (and `router/auto` when `default`)."""
 
     name: str
@@ -143,13 +161,9 @@ class RouterConfig:
             raise ValueError(f"router {self.name}: order names unknown candidates "
                              f"{sorted(set(self.order) - set(self.candidates))}")
 
-    @classmethod
-    def from_dict(cls, values: dict) -> "RouterConfig":
-        return _from_dict(cls, values)
-
 
 @dataclass(kw_only=True)
-class PoolConfig:
+class PoolConfig(FromDict):
     """One model id backed by several pools (e.g. upstreams on different hardware); each
     request goes to the pools its prompt-length bucket prefers (`fleet plan` says which),
     then to any other pool if those fail."""
@@ -175,52 +189,135 @@ class PoolConfig:
         if self.chars_per_token <= 0 or self.cooldown_s < 0:
             raise ValueError(f"pool {self.model}: chars_per_token must be > 0 and cooldown_s >= 0")
 
-    @classmethod
-    def from_dict(cls, values: dict) -> "PoolConfig":
-        return _from_dict(cls, values)
+
+@dataclass(frozen=True, kw_only=True)
+class Device(FromDict):
+    """A device kind for hardware planning: peaks, memory, price (see fleetlm.hardware.devices)."""
+
+    name: str
+    kind: str = "gpu"  # gpu | cpu
+    bf16_tflops: float  # dense bf16 peak, TFLOP/s (tensor cores / AMX / AVX-512 BF16)
+    fp8_tflops: float | None = None  # dense fp8 peak, TFLOP/s; None where the chip has no fp8
+    # Dense fp32 matmul peak, TFLOP/s; None where not known. Measured for the local CPU, where
+    # the engine runs fp32 unless bf16 is native (AVX-512 BF16 / AMX).
+    fp32_tflops: float | None = None
+    mem_bw_gbps: float  # memory bandwidth, GB/s (1e9 bytes)
+    mem_gb: float  # device memory, GB (1e9 bytes)
+    interconnect_gbps: float = 0.0  # per direction, between devices of one replica (tensor parallel)
+    network_gbps: float = 3.0  # per direction, between replicas (KV transfer when prefill/decode split)
+    usd_per_hour: float  # typical on-demand price per device
+    max_tp: int = 8  # most devices one replica may span (one server)
+    compute_eff: float = 0.55  # fraction of peak FLOP/s reached
+    bandwidth_eff: float = 0.70  # fraction of peak bandwidth reached
+    step_overhead_s: float = 0.002  # fixed cost per engine step (launches, scheduling, sampling)
+    source: str = ""
+
+    def __post_init__(self):
+        if self.kind not in ("gpu", "cpu"):
+            raise ValueError(f"device {self.name}: kind must be gpu or cpu, got {self.kind!r}")
+        for f in ("bf16_tflops", "mem_bw_gbps", "mem_gb", "compute_eff", "bandwidth_eff"):
+            if not getattr(self, f) > 0:
+                raise ValueError(f"device {self.name}: {f} must be > 0, got {getattr(self, f)}")
+        for f in ("fp8_tflops", "fp32_tflops"):
+            if getattr(self, f) is not None and not getattr(self, f) > 0:
+                raise ValueError(f"device {self.name}: {f} must be > 0 when given, got {getattr(self, f)}")
+        if self.usd_per_hour < 0 or self.step_overhead_s < 0 or self.max_tp < 1:
+            raise ValueError(f"device {self.name}: usd_per_hour and step_overhead_s must be >= 0, max_tp >= 1")
+        if self.max_tp > 1 and self.interconnect_gbps <= 0:
+            raise ValueError(f"device {self.name}: max_tp > 1 needs interconnect_gbps > 0")
+
+    def peak_flops(self, dtype: str = "bf16") -> float:
+        """FLOP/s at peak for weights/activations in `dtype` (bf16, fp8 or fp32)."""
+        if dtype == "fp8":
+            if self.fp8_tflops is None:
+                raise ValueError(f"{self.name} has no fp8 tensor throughput")
+            return self.fp8_tflops * 1e12
+        if dtype == "fp32":
+            if self.fp32_tflops is None:
+                raise ValueError(f"{self.name} has no fp32 figure (fp32_tflops); `fleet hardware "
+                                 f"devices --local` measures this machine's")
+            return self.fp32_tflops * 1e12
+        if dtype != "bf16":
+            raise ValueError(f"dtype must be bf16, fp8 or fp32, got {dtype!r}")
+        return self.bf16_tflops * 1e12
+
+
+@dataclass(kw_only=True)
+class HttpToolConfig(FromDict):
+    """An HTTP endpoint a tool agent may call as a tool (`[[tool_agent.http]]`)."""
+
+    name: str
+    url: str
+    description: str
+    parameters: dict  # JSON schema of the arguments
+    method: str = "POST"
+    headers: dict[str, str] | None = None
+    timeout_s: float | None = None  # None: the agent's call_timeout_s
+
+
+@dataclass(kw_only=True)
+class ToolAgentConfig(FromDict):
+    """An LLMCompiler-style agent over the server's own tools, served as `compound/<name>`."""
+
+    name: str  # served as compound/<name>
+    planner: str  # catalog model id that writes plans
+    joiner: str | None = None  # catalog model id that answers; None: the planner
+    tools: list[str] = field(default_factory=list)  # Python tools, "package.module:function"
+    http: list[HttpToolConfig] = field(default_factory=list)  # dicts are converted (and checked)
+    sqlite: str | None = None  # path of a SQLite file: a read-only `sql` tool
+    docs: str | None = None  # folder of .txt/.md files: a `search_docs` tool (MiniLM)
+    max_rounds: int = 2  # plan -> execute -> join rounds before the joiner must answer
+    call_timeout_s: float = 30.0  # per tool-call attempt
+    retries: int = 1  # extra attempts for a failed or timed-out call
+    max_tokens: int = 512  # per planner / joiner call
+
+    def __post_init__(self):
+        if not re.fullmatch(r"[A-Za-z0-9][\w.\-]*", self.name):
+            raise ValueError(f"tool agent name {self.name!r}: letters, digits, '_', '.', '-' only")
+        if self.max_rounds < 1 or self.max_tokens < 1 or self.retries < 0 or self.call_timeout_s <= 0:
+            raise ValueError(f"tool agent {self.name}: need max_rounds >= 1, max_tokens >= 1, retries >= 0, "
+                             "call_timeout_s > 0")
+        self.http = [h if isinstance(h, HttpToolConfig) else
+                     HttpToolConfig.from_dict(dict(h), label=f"tool agent {self.name}: http tool {h.get('name', '?')}")
+                     for h in self.http]
+        if not (self.tools or self.http or self.sqlite or self.docs):
+            raise ValueError(f"tool agent {self.name}: configure at least one tool (tools, http, sqlite or docs)")
 
 
 @dataclass
 class FleetFile:
-    upstreams: list[UpstreamConfig]
-    routers: list[RouterConfig]
-    pools: list[PoolConfig] = dataclasses.field(default_factory=list)
-    devices: list[dict] = dataclasses.field(default_factory=list)  # validated by fleetlm.hardware.devices
-    tool_agents: list = dataclasses.field(default_factory=list)  # compound.programs.tool_agent.ToolAgentConfig
+    """A fleet.toml, every table validated into its dataclass."""
+
+    upstreams: list[UpstreamConfig] = field(default_factory=list)
+    routers: list[RouterConfig] = field(default_factory=list)
+    pools: list[PoolConfig] = field(default_factory=list)
+    devices: list[Device] = field(default_factory=list)  # for `fleet plan` / `fleet hardware`
+    tool_agents: list[ToolAgentConfig] = field(default_factory=list)
+
+
+# fleet.toml table -> (its dataclass, FleetFile field, the key that must be unique)
+TABLES = {"upstream": (UpstreamConfig, "upstreams", "name"), "router": (RouterConfig, "routers", "name"),
+          "pool": (PoolConfig, "pools", "model"), "device": (Device, "devices", "name"),
+          "tool_agent": (ToolAgentConfig, "tool_agents", "name")}
 
 
 def load_fleet_toml(path: str) -> FleetFile:
-    """Read `[[upstream]]`, `[[router]]`, `[[pool]]`, `[[device]]` and `[[tool_agent]]` tables
-    from a fleet.toml; unknown tables or keys are errors."""
+    """Read a fleet.toml (`[[upstream]]`, `[[router]]`, `[[pool]]`, `[[device]]` and
+    `[[tool_agent]]` tables) into typed configs; unknown tables or keys are errors."""
     import tomllib
 
     with open(path, "rb") as f:
         data = tomllib.load(f)
-    known = ("upstream", "router", "pool", "device", "tool_agent")
-    unknown = sorted(set(data) - set(known))
+    unknown = sorted(set(data) - set(TABLES))
     if unknown:
-        raise ValueError(f"{path}: unknown table(s) {', '.join(unknown)}; known: {', '.join(known)}")
-    ups = [UpstreamConfig.from_dict(u) for u in data.get("upstream", [])]
-    routers = [RouterConfig.from_dict(r) for r in data.get("router", [])]
-    for kind, names in (("upstream", [u.name for u in ups]), ("router", [r.name for r in routers])):
-        if len(names) != len(set(names)):
-            raise ValueError(f"{path}: {kind} names must be unique")
-    if sum(r.default for r in routers) > 1:
+        raise ValueError(f"{path}: unknown table(s) {', '.join(unknown)}; known: {', '.join(TABLES)}")
+    fleet = FleetFile()
+    for table, (cls, attr, key) in TABLES.items():
+        items = [cls.from_dict(dict(values), label=table) for values in data.get(table, [])]
+        keys = [getattr(item, key) for item in items]
+        if len(keys) != len(set(keys)):
+            raise ValueError(f"{path}: {table} {key}s must be unique")
+        setattr(fleet, attr, items)
+    if sum(r.default for r in fleet.routers) > 1:
         raise ValueError(f"{path}: at most one router can be the default (router/auto)")
-    pools = [PoolConfig.from_dict(p) for p in data.get("pool", [])]
-    if len({p.model for p in pools}) != len(pools):
-        raise ValueError(f"{path}: pool model ids must be unique")
-    devices = list(data.get("device", []))
-    if devices:
-        from fleetlm.hardware.devices import Device
-
-        for d in devices:
-            Device.from_dict(dict(d))  # unknown keys and bad values are errors now, not at plan time
-    agents = []
-    if data.get("tool_agent"):
-        from fleetlm.compound.programs.tool_agent import ToolAgentConfig
-
-        agents = [ToolAgentConfig.from_dict(dict(t)) for t in data["tool_agent"]]
-        if len({a.name for a in agents}) != len(agents):
-            raise ValueError(f"{path}: tool_agent names must be unique")
-    return FleetFile(ups, routers, pools, devices, agents)
+    return fleet

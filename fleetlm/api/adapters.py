@@ -18,7 +18,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, StrictStr
 
-from fleetlm.api.errors import APIError
+from fleetlm.openai.errors import APIError
 from fleetlm.engine.lora import LoRARequest
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")

@@ -16,9 +16,10 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
 from fleetlm.api.adapters import AdapterRegistry, AdapterSource, LoadLoRARequest, UnloadLoRARequest
-from fleetlm.api.errors import APIError, error_response, install_error_handlers
+from fleetlm.api.errors import error_response, install_error_handlers
+from fleetlm.openai.errors import APIError
 from fleetlm.api.metrics import Metrics
-from fleetlm.api.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
+from fleetlm.openai.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 from fleetlm.api.serving import LocalModel, LocalTarget, Serving
 from fleetlm.backends.router import RouterTarget, fixed_order
 from fleetlm.backends.upstream import upstream_targets

@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 
 from fastapi import Request
 
-from fleetlm.api.errors import APIError
+from fleetlm.openai.errors import APIError
 from fleetlm.engine.async_engine import AsyncLLM
 from fleetlm.engine.outputs import RequestOutput
 from fleetlm.engine.sampling_params import SamplingParams

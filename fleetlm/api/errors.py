@@ -1,5 +1,6 @@
-"""OpenAI-shaped errors: `{"error": {"message", "type", "param", "code"}}` with the right
-status. Every client mistake maps to a 4xx here; a 500 means a fleetlm bug."""
+"""Errors -> OpenAI-shaped JSON responses, installed once on the app: `APIError`s raised
+anywhere below (see fleetlm.openai.errors), request-validation failures and unexpected
+exceptions (a 500 means a fleetlm bug)."""
 
 from __future__ import annotations
 
@@ -13,25 +14,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from fleetlm.engine.errors import InvalidRequestError, PromptTooLongError
 from fleetlm.engine.lora import LoRANotFoundError
+from fleetlm.openai.errors import APIError, error_body
 
 log = logging.getLogger("fleetlm.api")
-
-_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
-          404: "not_found_error", 405: "invalid_request_error", 413: "invalid_request_error",
-          415: "invalid_request_error", 422: "invalid_request_error", 429: "rate_limit_error",
-          500: "server_error", 503: "service_unavailable"}
-
-
-class APIError(Exception):
-    def __init__(self, status: int, message: str, *, param: str | None = None, code: str | None = None,
-                 headers: dict[str, str] | None = None):
-        super().__init__(message)
-        self.status, self.message, self.param, self.code, self.headers = status, message, param, code, headers
-
-
-def error_body(status: int, message: str, param: str | None = None, code: str | None = None) -> dict:
-    return {"error": {"message": message, "type": _TYPES.get(status, "invalid_request_error"),
-                      "param": param, "code": code}}
 
 
 def error_response(status: int, message: str, *, param=None, code=None, headers=None) -> JSONResponse:

@@ -18,12 +18,13 @@ from dataclasses import dataclass
 from fastapi import Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from fleetlm.api import openai_format as fmt
+from fleetlm.openai import format as fmt
 from fleetlm.api.engine_streams import collect, merged
-from fleetlm.api.errors import APIError, error_body
+from fleetlm.openai.errors import APIError, error_body
 from fleetlm.api.metrics import Metrics
-from fleetlm.api.protocol import ChatCompletionRequest, CompletionRequest
-from fleetlm.api.tool_calls import ChoiceDeltas, ToolSession, prompt_messages, tool_session
+from fleetlm.openai.protocol import ChatCompletionRequest, CompletionRequest
+from fleetlm.openai.tool_calls import ChoiceDeltas, ToolSession, prompt_messages, tool_session
+from fleetlm.backends.tool_budget import select_tools_for_budget
 from fleetlm.engine.async_engine import AsyncLLM
 from fleetlm.engine.errors import PromptTooLongError
 from fleetlm.engine.outputs import RequestOutput
@@ -129,9 +130,9 @@ class Serving:
 
     def _tool_grammar(self, tools: ToolSession):
         """The tools' grammar spec, compiled now so that a schema llguidance rejects is a 400 on `tools`."""
-        from fleetlm.engine.structured import GrammarError
+        from fleetlm.engine.structured import GrammarError, StructuredOutput
 
-        spec = tools.structured()
+        spec = StructuredOutput("grammar", tools.grammar)
         try:
             self.model.llm.engine.grammar().compile(spec)
         except GrammarError as exc:
@@ -149,7 +150,7 @@ class Serving:
     # ---- chat ------------------------------------------------------------------------
     async def chat(self, req: ChatCompletionRequest, raw: Request, lora_request=None):
         t0 = time.monotonic()
-        tools = tool_session(req, max_tools=self.max_tools)
+        tools = tool_session(req, max_tools=self.max_tools, select=select_tools_for_budget)
         ids = self.chat_prompt_ids(req, tools)
         want_lp = req.logprobs or req.top_logprobs is not None
         top = req.top_logprobs or 0

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from fleetlm.api.errors import APIError
+from fleetlm.openai.errors import APIError
 
 log = logging.getLogger("fleetlm.router")
 

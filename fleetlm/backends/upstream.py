@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import httpx
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from fleetlm.api.errors import APIError, error_body
+from fleetlm.openai.errors import APIError, error_body
 
 
 @dataclass

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 
+from fleetlm.config import ConfigKeyError, from_dict
 from fleetlm.engine.errors import InvalidRequestError
 
 
@@ -61,9 +61,7 @@ class SamplingParams:
     @classmethod
     def from_dict(cls, values: dict) -> "SamplingParams":
         """Build from a plain dict; unknown keys are an error, not silently ignored."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise InvalidRequestError(f"unknown sampling parameter(s): {', '.join(unknown)}",
-                                      param=unknown[0])
-        return cls(**values)
+        try:
+            return from_dict(cls, values, label="sampling parameter")
+        except ConfigKeyError as exc:
+            raise InvalidRequestError(str(exc), param=exc.keys[0]) from None

@@ -14,67 +14,9 @@ local CPU's are fitted by `fleet hardware calibrate`.
 
 from __future__ import annotations
 
-import dataclasses
 import time
-from dataclasses import dataclass
 
-
-@dataclass(frozen=True, kw_only=True)
-class Device:
-    name: str
-    kind: str = "gpu"  # gpu | cpu
-    bf16_tflops: float  # dense bf16 peak, TFLOP/s (tensor cores / AMX / AVX-512 BF16)
-    fp8_tflops: float | None = None  # dense fp8 peak, TFLOP/s; None where the chip has no fp8
-    # Dense fp32 matmul peak, TFLOP/s; None where not known. Measured for the local CPU, where
-    # the engine runs fp32 unless bf16 is native (AVX-512 BF16 / AMX).
-    fp32_tflops: float | None = None
-    mem_bw_gbps: float  # memory bandwidth, GB/s (1e9 bytes)
-    mem_gb: float  # device memory, GB (1e9 bytes)
-    interconnect_gbps: float = 0.0  # per direction, between devices of one replica (tensor parallel)
-    network_gbps: float = 3.0  # per direction, between replicas (KV transfer when prefill/decode split)
-    usd_per_hour: float  # typical on-demand price per device
-    max_tp: int = 8  # most devices one replica may span (one server)
-    compute_eff: float = 0.55  # fraction of peak FLOP/s reached
-    bandwidth_eff: float = 0.70  # fraction of peak bandwidth reached
-    step_overhead_s: float = 0.002  # fixed cost per engine step (launches, scheduling, sampling)
-    source: str = ""
-
-    def __post_init__(self):
-        if self.kind not in ("gpu", "cpu"):
-            raise ValueError(f"device {self.name}: kind must be gpu or cpu, got {self.kind!r}")
-        for f in ("bf16_tflops", "mem_bw_gbps", "mem_gb", "compute_eff", "bandwidth_eff"):
-            if not getattr(self, f) > 0:
-                raise ValueError(f"device {self.name}: {f} must be > 0, got {getattr(self, f)}")
-        for f in ("fp8_tflops", "fp32_tflops"):
-            if getattr(self, f) is not None and not getattr(self, f) > 0:
-                raise ValueError(f"device {self.name}: {f} must be > 0 when given, got {getattr(self, f)}")
-        if self.usd_per_hour < 0 or self.step_overhead_s < 0 or self.max_tp < 1:
-            raise ValueError(f"device {self.name}: usd_per_hour and step_overhead_s must be >= 0, max_tp >= 1")
-        if self.max_tp > 1 and self.interconnect_gbps <= 0:
-            raise ValueError(f"device {self.name}: max_tp > 1 needs interconnect_gbps > 0")
-
-    @classmethod
-    def from_dict(cls, values: dict) -> "Device":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"Unknown device key(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-        return cls(**values)
-
-    def peak_flops(self, dtype: str = "bf16") -> float:
-        """FLOP/s at peak for weights/activations in `dtype` (bf16, fp8 or fp32)."""
-        if dtype == "fp8":
-            if self.fp8_tflops is None:
-                raise ValueError(f"{self.name} has no fp8 tensor throughput")
-            return self.fp8_tflops * 1e12
-        if dtype == "fp32":
-            if self.fp32_tflops is None:
-                raise ValueError(f"{self.name} has no fp32 figure (fp32_tflops); `fleet hardware "
-                                 f"devices --local` measures this machine's")
-            return self.fp32_tflops * 1e12
-        if dtype != "bf16":
-            raise ValueError(f"dtype must be bf16, fp8 or fp32, got {dtype!r}")
-        return self.bf16_tflops * 1e12
+from fleetlm.config import Device  # a device is configuration too: [[device]] tables in fleet.toml
 
 
 # NVLink / Infinity Fabric figures are per direction (half the bidirectional totals in the
@@ -123,14 +65,14 @@ CATALOG: dict[str, Device] = {d.name: d for d in [
 ]}
 
 
-def get_devices(*, user: list[dict] | None = None, local: Device | None = None) -> dict[str, Device]:
-    """The catalog, plus `local` (usually `measure_local_cpu()`), plus user devices (dicts of
-    Device fields); a user device replaces a catalog device of the same name."""
+def get_devices(*, user: list[Device | dict] | None = None, local: Device | None = None) -> dict[str, Device]:
+    """The catalog, plus `local` (usually `measure_local_cpu()`), plus user devices (`Device`s or
+    dicts of their fields); a user device replaces a catalog device of the same name."""
     out = dict(CATALOG)
     if local is not None:
         out[local.name] = local
     for values in user or []:
-        dev = Device.from_dict(dict(values))
+        dev = values if isinstance(values, Device) else Device.from_dict(dict(values), label="device")
         out[dev.name] = dev
     return out
 

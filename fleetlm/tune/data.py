@@ -9,7 +9,7 @@ Every error names the file and line.
 
 Chat templates of small models (Gemma's included) know only plain user/assistant turns, so
 tools are written into the text before templating, by the server's own renderer
-(:mod:`fleetlm.api.tool_prompt`: the tool list as a ``# Tools`` block in the system message,
+(:mod:`fleetlm.openai.tool_prompt`: the tool list as a ``# Tools`` block in the system message,
 calls as ``<tool_call>{"name":...,"arguments":{...}}</tool_call>``, results as user turns
 ``<tool_response>...</tool_response>``), so an adapter learns exactly the format it is
 served with.
@@ -132,9 +132,9 @@ def _check_message(m, i: int) -> None:
 def plain_messages(messages: list[dict], tools: list[dict] | None = None) -> list[dict]:
     """Tool calls, tool results and tool definitions written as text, exactly as the server
     renders a request (tool_choice "auto", parallel calls allowed): [{role, content: str}]."""
-    from fleetlm.api.errors import APIError
-    from fleetlm.api.protocol import ChatMessage
-    from fleetlm.api.tool_prompt import ToolChoice, parse_tools, render_messages, system_block
+    from fleetlm.openai.errors import APIError
+    from fleetlm.openai.protocol import ChatMessage
+    from fleetlm.openai.tool_prompt import ToolChoice, parse_tools, render_messages, system_block
 
     try:
         block = system_block(parse_tools(tools), ToolChoice("auto"), True) if tools else None

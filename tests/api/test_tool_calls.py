@@ -11,12 +11,13 @@ import zlib
 import jsonschema
 import pytest
 
-from fleetlm.api.errors import APIError
-from fleetlm.api.protocol import ChatMessage
-from fleetlm.api.tool_calls import ChoiceDeltas, ToolSession, select_tools_for_budget
-from fleetlm.api.tool_grammar import MAX_ARRAY_ITEMS, MAX_PARALLEL_CALLS, tool_grammar
-from fleetlm.api.tool_parser import parse_tool_output
-from fleetlm.api.tool_prompt import (
+from fleetlm.openai.errors import APIError
+from fleetlm.openai.protocol import ChatMessage
+from fleetlm.backends.tool_budget import select_tools_for_budget
+from fleetlm.openai.tool_calls import ChoiceDeltas, ToolSession
+from fleetlm.openai.tool_grammar import MAX_ARRAY_ITEMS, MAX_PARALLEL_CALLS, tool_grammar
+from fleetlm.openai.tool_parser import parse_tool_output
+from fleetlm.openai.tool_prompt import (
     ToolChoice,
     parse_tool_choice,
     parse_tools,
@@ -198,7 +199,7 @@ def test_a_repeated_call_ends_the_reply():
 
 def test_none_is_plain_text():
     s = session("none")
-    assert s.grammar is None and s.structured() is None
+    assert s.grammar is None
     message, finish = s.message('<tool_call>{"name":"noop","arguments":{}}</tool_call>', "stop")
     assert "tool_calls" not in message and finish == "stop"
 

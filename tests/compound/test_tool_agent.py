@@ -11,9 +11,9 @@ import time
 import pytest
 from fastapi.responses import JSONResponse
 
-from fleetlm.api import openai_format as fmt
-from fleetlm.api.errors import APIError
-from fleetlm.api.protocol import ChatCompletionRequest
+from fleetlm.openai import format as fmt
+from fleetlm.openai.errors import APIError
+from fleetlm.openai.protocol import ChatCompletionRequest
 from fleetlm.compound.programs.tool_agent import ToolAgentConfig, build_tool_agent, build_tools
 from fleetlm.compound.tools.registry import Tool, ToolRegistry
 

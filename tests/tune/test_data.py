@@ -43,7 +43,7 @@ def test_tool_calls_are_rendered_and_trained_on():
     t = tokenize_chat(tok, ex, max_len=4096)
     masked = tok.decode([i for i, m in zip(t.input_ids, t.loss_mask) if m])
     assert masked == '<tool_call>{"name":"add","arguments":{"a":1,"b":2}}</tool_call>\nIt is 3.\n'
-    text = tok.decode(t.input_ids)  # the server's rendering (fleetlm.api.tool_prompt)
+    text = tok.decode(t.input_ids)  # the server's rendering (fleetlm.openai.tool_prompt)
     assert '<tool_response>{"name": "add", "content": "3"}</tool_response>' in text and "# Tools" in text
 
 

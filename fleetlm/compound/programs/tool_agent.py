@@ -19,69 +19,28 @@ configured on the server.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import re
 import time
 import uuid
-from dataclasses import dataclass, field
 
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from fleetlm.api import openai_format as fmt
-from fleetlm.api.errors import APIError
-from fleetlm.api.protocol import ChatCompletionRequest
+from fleetlm.config import ToolAgentConfig
+from fleetlm.openai import format as fmt
+from fleetlm.openai.errors import APIError
+from fleetlm.openai.protocol import ChatCompletionRequest
 from fleetlm.compound.tools.executor import ExecutorConfig, execute
 from fleetlm.compound.tools.plan import PlanError, parse_plan
 from fleetlm.compound.tools.registry import ToolRegistry, docs_tool, http_tool, python_tool, sql_tool
-
-HTTP_KEYS = {"name", "url", "description", "parameters", "method", "headers", "timeout_s"}
-
-
-@dataclass(kw_only=True)
-class ToolAgentConfig:
-    name: str  # served as compound/<name>
-    planner: str  # catalog model id that writes plans
-    joiner: str | None = None  # catalog model id that answers; None: the planner
-    tools: list[str] = field(default_factory=list)  # Python tools, "package.module:function"
-    http: list[dict] = field(default_factory=list)  # {name, url, description, parameters, method?, headers?, timeout_s?}
-    sqlite: str | None = None  # path of a SQLite file: a read-only `sql` tool
-    docs: str | None = None  # folder of .txt/.md files: a `search_docs` tool (MiniLM)
-    max_rounds: int = 2  # plan -> execute -> join rounds before the joiner must answer
-    call_timeout_s: float = 30.0  # per tool-call attempt
-    retries: int = 1  # extra attempts for a failed or timed-out call
-    max_tokens: int = 512  # per planner / joiner call
-
-    def __post_init__(self):
-        if not re.fullmatch(r"[A-Za-z0-9][\w.\-]*", self.name):
-            raise ValueError(f"tool agent name {self.name!r}: letters, digits, '_', '.', '-' only")
-        if self.max_rounds < 1 or self.max_tokens < 1 or self.retries < 0 or self.call_timeout_s <= 0:
-            raise ValueError(f"tool agent {self.name}: need max_rounds >= 1, max_tokens >= 1, retries >= 0, "
-                             "call_timeout_s > 0")
-        for h in self.http:
-            unknown, missing = set(h) - HTTP_KEYS, {"name", "url", "description", "parameters"} - set(h)
-            if unknown or missing:
-                raise ValueError(f"tool agent {self.name}: http tool {h.get('name', '?')}: unknown keys "
-                                 f"{sorted(unknown)}, missing keys {sorted(missing)}")
-        if not (self.tools or self.http or self.sqlite or self.docs):
-            raise ValueError(f"tool agent {self.name}: configure at least one tool (tools, http, sqlite or docs)")
-
-    @classmethod
-    def from_dict(cls, values: dict) -> "ToolAgentConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"Unknown ToolAgentConfig key(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-        return cls(**values)
 
 
 def build_tools(cfg: ToolAgentConfig, *, embedder=None) -> ToolRegistry:
     """The configured tools; the docs tool embeds its folder now (MiniLM, loaded if not given)."""
     reg = ToolRegistry(python_tool(ref) for ref in cfg.tools)
     for h in cfg.http:
-        reg.add(http_tool(h["name"], h["url"], description=h["description"], parameters=h["parameters"],
-                          method=h.get("method", "POST"), headers=h.get("headers"),
-                          timeout_s=h.get("timeout_s", cfg.call_timeout_s)))
+        reg.add(http_tool(h.name, h.url, description=h.description, parameters=h.parameters, method=h.method,
+                          headers=h.headers, timeout_s=h.timeout_s if h.timeout_s is not None else cfg.call_timeout_s))
     if cfg.sqlite:
         reg.add(sql_tool(cfg.sqlite))
     if cfg.docs:

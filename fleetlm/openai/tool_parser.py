@@ -28,7 +28,7 @@ import re
 import uuid
 from dataclasses import dataclass, field
 
-from fleetlm.api.tool_prompt import CALL_CLOSE, CALL_OPEN, NAME_PATTERN
+from fleetlm.openai.tool_prompt import CALL_CLOSE, CALL_OPEN, NAME_PATTERN
 
 _HEAD = re.compile(r'\{"name":"(' + NAME_PATTERN + r')","arguments":')
 _END = "}" + CALL_CLOSE

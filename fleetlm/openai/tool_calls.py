@@ -1,27 +1,29 @@
 """Tool calling for one chat request: the glue between the request and the serving path.
 
 `tool_session(req)` checks `tools` / `tool_choice` / `parallel_tool_calls` (400s name the
-field), applies the tool budget, and returns a `ToolSession` (None for a request without
-tools) that gives: the template messages (`prompt_messages`), the grammar spec for the
-engine (`structured`), the non-streamed message (`message`), and per-choice stream deltas
-(`ChoiceDeltas`, also used for plain text so that serving has one streaming path).
+field), applies the tool budget (through the caller's `select`), and returns a `ToolSession`
+(None for a request without tools) that gives: the template messages (`prompt_messages`),
+the grammar for the engine (`grammar`, Lark text), the non-streamed message (`message`),
+and per-choice stream deltas (`ChoiceDeltas`, also used for plain text so that serving has
+one streaming path).
 
 Prompt format, grammar and parsing live in tool_prompt, tool_grammar and tool_parser.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
-from fleetlm.api.errors import APIError
-from fleetlm.api.tool_grammar import tool_grammar
-from fleetlm.api.tool_parser import (
+from fleetlm.openai.errors import APIError
+from fleetlm.openai.tool_grammar import tool_grammar
+from fleetlm.openai.tool_parser import (
     ToolCallStreamer,
     new_call_id,
     parse_tool_output,
     tool_calls_json,
 )
-from fleetlm.api.tool_prompt import (
+from fleetlm.openai.tool_prompt import (
     FunctionTool,
     ToolChoice,
     parse_tool_choice,
@@ -29,6 +31,10 @@ from fleetlm.api.tool_prompt import (
     render_messages,
     system_block,
 )
+
+
+# (tools, messages, tool choice, budget) -> the tools to keep, in their input order
+SelectTools = Callable[[list[FunctionTool], list, ToolChoice, int], list[FunctionTool]]
 
 
 @dataclass(frozen=True)
@@ -41,12 +47,6 @@ class ToolSession:
     @property
     def parses_calls(self) -> bool:
         return self.choice.mode != "none"
-
-    def structured(self):
-        """The engine's grammar spec (a StructuredOutput), or None for plain text."""
-        from fleetlm.engine.structured import StructuredOutput
-
-        return StructuredOutput("grammar", self.grammar) if self.grammar is not None else None
 
     def reply_over(self, out) -> bool:
         """Is every choice of this engine output (a RequestOutput) finished or ended by a
@@ -75,9 +75,10 @@ def finish_reason(reason: str | None, num_calls: int) -> str | None:
     return "tool_calls" if reason == "stop" and num_calls else reason
 
 
-def tool_session(req, *, max_tools: int | None = None) -> ToolSession | None:
+def tool_session(req, *, max_tools: int | None = None, select: SelectTools | None = None) -> ToolSession | None:
     """The request's tool settings, checked; None when it carries no tools. `max_tools` is the
-    server's tool budget; the request's own `max_tools` wins."""
+    server's tool budget (the request's own `max_tools` wins); over it, `select` keeps the
+    tools the model sees (the serving side's retrieval policy; None keeps them all)."""
     if not req.tools:
         if req.tool_choice not in (None, "none"):
             raise APIError(400, "tool_choice is only allowed when tools are given", param="tool_choice")
@@ -85,7 +86,8 @@ def tool_session(req, *, max_tools: int | None = None) -> ToolSession | None:
     tools = parse_tools(req.tools)
     choice = parse_tool_choice(req.tool_choice, tools)
     budget = req.max_tools if req.max_tools is not None else max_tools
-    tools = select_tools_for_budget(tools, req.messages, choice, budget)
+    if select is not None and budget is not None and len(tools) > budget:
+        tools = select(tools, req.messages, choice, budget)
     parallel = req.parallel_tool_calls is not False
     return ToolSession(tools, choice, parallel, tool_grammar(tools, choice, parallel=parallel))
 
@@ -96,24 +98,6 @@ def prompt_messages(req, session: ToolSession | None) -> list[dict]:
     block = system_block(session.tools, session.choice, session.parallel) \
         if session is not None and session.parses_calls else None
     return render_messages(req.messages, block)
-
-
-def select_tools_for_budget(tools: list[FunctionTool], messages, choice: ToolChoice,
-                            max_tools: int | None) -> list[FunctionTool]:
-    """The tool budget hook: with more than `max_tools` tools, keep the `max_tools` most
-    relevant to the last user message (`fleetlm.compound.tools.retrieval.select_tools`, its
-    default BM25 ranking: no model to load on the request path), in their input order. A
-    function named by tool_choice is always kept."""
-    if max_tools is None or len(tools) <= max_tools:
-        return tools
-    from fleetlm.compound.tools.retrieval import select_tools
-
-    query = next((m.text() for m in reversed(messages) if m.role == "user"), "")
-    openai_tools = [{"type": "function", "function": {"name": t.name, "description": t.description,
-                                                      "parameters": t.parameters}} for t in tools]
-    keep = (choice.name,) if choice.mode == "named" else ()
-    kept = {t["function"]["name"] for t in select_tools(query, openai_tools, max_tools=max_tools, keep=keep)}
-    return [t for t in tools if t.name in kept]
 
 
 class ChoiceDeltas:

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import json
 
-from fleetlm.api.tool_prompt import CALL_CLOSE, CALL_OPEN, FunctionTool, ToolChoice
+from fleetlm.openai.tool_prompt import CALL_CLOSE, CALL_OPEN, FunctionTool, ToolChoice
 
 # More calls than this in one reply is a model looping; the cap also bounds the reply.
 MAX_PARALLEL_CALLS = 8

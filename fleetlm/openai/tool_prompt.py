@@ -26,7 +26,7 @@ import json
 import re
 from dataclasses import dataclass
 
-from fleetlm.api.errors import APIError
+from fleetlm.openai.errors import APIError
 
 CALL_OPEN, CALL_CLOSE = "<tool_call>", "</tool_call>"
 NAME_PATTERN = r"[A-Za-z0-9_.\-]{1,64}"  # OpenAI's pattern, plus "." (BFCL names use it)
