@@ -1,31 +1,45 @@
-"""Model ids -> Targets. A Target answers chat and completions for one public model id:
-the local engine (`gemma-3-270m`, a folder's name), or an upstream OpenAI-compatible server
-(`upstream/<name>/<model>`). Routers and compound programs will be Targets too, so the HTTP
-layer never needs to know which kind it holds.
+"""Model ids -> Targets, and `build`, which assembles the whole fleet from its configuration.
 
-A Target has `model_id`, `card(created) -> dict` (its /v1/models entry), and
-`async chat(req, raw)` / `async complete(req, raw)` returning the HTTP response."""
+A Target serves one public model id: the local engine (`gemma-3-270m`) and its adapters
+(`gemma-3-270m:<adapter>`), an upstream server's model (`upstream/<name>/<model>`), a router
+(`router/<name>`), a pool, or a compound program (`compound/<name>`). Every kind has the same
+small interface (`Target`), so a router can pick a program, a program can call a router, and
+the HTTP layer never knows which kind it holds. Targets yield data, never HTTP responses.
+"""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from typing import Protocol
 
-from fleetlm.openai.errors import APIError
+from fleetlm.config import FleetFile, RouterConfig, ServerConfig
+from fleetlm.openai.chunks import ChatChunk, CompletionChunk, ModelCard
+from fleetlm.openai.errors import NotFoundError
+from fleetlm.openai.protocol import ChatCompletionRequest, CompletionRequest
 
 
 class Target(Protocol):
     model_id: str
 
-    def card(self, created: int) -> dict: ...
+    def card(self) -> ModelCard:
+        """Its `/v1/models` entry."""
 
-    async def chat(self, req, raw): ...
+    def engines(self) -> frozenset[str]:
+        """Model ids of the local engines a request may reach through it (admission control)."""
 
-    async def complete(self, req, raw): ...
+    def chat(self, req: ChatCompletionRequest) -> AsyncIterator[ChatChunk]:
+        """Chunks of the answer (see fleetlm.openai.chunks); errors are raised as APIErrors,
+        before the first chunk whenever the request is at fault. Nothing runs until iterated;
+        closing the iterator early aborts everything the request started."""
+
+    def complete(self, req: CompletionRequest) -> AsyncIterator[CompletionChunk]:
+        """As `chat`, for text completions."""
 
 
 class Catalog:
     """Fixed Targets by id, plus `sources` that make Targets on demand (LoRA adapters:
-    `<base>:<adapter>`), each with `resolve(model) -> Target | None` and `cards(created)`."""
+    `<base>:<adapter>`), each with `resolve(model) -> Target | None` and `cards()`."""
 
     def __init__(self, targets: list[Target], sources=()):
         self.sources = list(sources)
@@ -42,10 +56,95 @@ class Catalog:
                 break
             target = source.resolve(model)
         if target is None:
-            raise APIError(404, f"The model {model!r} does not exist; see GET /v1/models", param="model",
-                           code="model_not_found")
+            raise NotFoundError(f"The model {model!r} does not exist; see GET /v1/models")
         return target
 
-    def cards(self, created: int) -> list[dict]:
-        return [t.card(created) for t in self.targets.values()] + [
-            card for source in self.sources for card in source.cards(created)]
+    def cards(self) -> list[ModelCard]:
+        return [t.card() for t in self.targets.values()] + [c for s in self.sources for c in s.cards()]
+
+
+@dataclass
+class Fleet:
+    """What `build` assembles: the catalog, and what the server runs and must close."""
+
+    catalog: Catalog
+    engines: dict = field(default_factory=dict)  # model id -> AsyncLLM (the local engines)
+    adapters: object = None  # backends.adapters.AdapterRegistry of the local engine, if LoRA is on
+    clients: list = field(default_factory=list)  # httpx.AsyncClients of the upstreams
+
+    async def aclose(self) -> None:
+        for client in self.clients:
+            await client.aclose()
+        for llm in self.engines.values():
+            llm.shutdown()  # aborts whatever is still running, frees the engine thread
+
+
+def build(llm, *, model_id: str, server: ServerConfig, fleet: FleetFile | None = None, embedder=None) -> Fleet:
+    """The fleet around one local engine (`llm`, an AsyncLLM served as `model_id`): its
+    adapters (an engine started with LoRA: `server.adapters_dir` and runtime loads), then the
+    upstreams, routers, pools and tool agents of `fleet` (a fleet.toml), each over the Targets
+    built before it. Invalid references are ValueErrors naming the table."""
+    import httpx
+
+    from fleetlm.backends.local import AdapterSource, LocalTarget
+    from fleetlm.backends.local_inputs import EngineInputs
+    from fleetlm.backends.upstream import upstream_targets
+
+    fleet = fleet or FleetFile()
+    local = LocalTarget(model_id, llm, EngineInputs(llm.engine, max_tools=server.max_tools))
+    out = Fleet(Catalog([]), engines={model_id: llm})
+    targets: list[Target] = [local]
+    for up in fleet.upstreams:
+        client = httpx.AsyncClient(timeout=httpx.Timeout(up.timeout_s, connect=up.connect_timeout_s))
+        out.clients.append(client)
+        targets += upstream_targets(up, client)
+    targets += build_routers(fleet.routers, {t.model_id: t for t in targets})
+    if fleet.pools:
+        from fleetlm.backends.pools import build_pools
+
+        targets += build_pools(fleet.pools, {t.model_id: t for t in targets})
+    if fleet.tool_agents:  # last: a planner or joiner may be a router or a pool
+        from fleetlm.compound.programs.tool_agent import build_tool_agent
+
+        by_id = {t.model_id: t for t in targets}
+        targets += [build_tool_agent(cfg, by_id, embedder=embedder) for cfg in fleet.tool_agents]
+    sources = []
+    if llm.engine.lora_pool is not None:
+        from fleetlm.backends.adapters import AdapterRegistry
+
+        out.adapters = AdapterRegistry(llm.engine.lora_pool, adapters_dir=server.adapters_dir,
+                                       rescan_s=server.adapter_rescan_s)
+        sources.append(AdapterSource(local, out.adapters))
+    elif server.adapters_dir:
+        raise ValueError("adapters_dir needs an engine started with LoRA support (enable_lora)")
+    out.catalog = Catalog(targets, sources)
+    return out
+
+
+def build_routers(configs: list[RouterConfig], by_id: dict) -> list[Target]:
+    """RouterTargets (plus router/auto for the default one) over already-built Targets."""
+    from fleetlm.backends.router import RouterTarget, fixed_order
+
+    out = []
+    for cfg in configs:
+        missing = sorted(set(cfg.candidates.values()) - set(by_id))
+        if missing:
+            raise ValueError(f"router {cfg.name}: unknown candidate model ids {missing}")
+        if cfg.path is not None:
+            from fleetlm.compound.router.router import Router
+
+            router = Router.load(cfg.path)
+            if cfg.lam is not None:
+                router.lam = cfg.lam
+            unknown = sorted(set(cfg.candidates) - set(router.models))
+            if unknown:
+                raise ValueError(f"router {cfg.name}: candidates {unknown} are not models of {cfg.path} "
+                                 f"({', '.join(router.models)})")
+            router.rank("warm-up")  # loads the embedding model now, not on the first request
+            rank = router.rank
+        else:
+            rank = fixed_order(cfg.order)
+        candidates = {name: by_id[mid] for name, mid in cfg.candidates.items()}
+        for rid in [f"router/{cfg.name}"] + (["router/auto"] if cfg.default else []):
+            out.append(RouterTarget(rid, rank, candidates, cooldown_s=cfg.cooldown_s))
+    return out

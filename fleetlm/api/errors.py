@@ -12,8 +12,6 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from fleetlm.engine.errors import InvalidRequestError, PromptTooLongError
-from fleetlm.engine.lora import LoRANotFoundError
 from fleetlm.openai.errors import APIError, error_body
 
 log = logging.getLogger("fleetlm.api")
@@ -44,18 +42,6 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(APIError)
     async def _api_error(_: Request, exc: APIError):
         return error_response(exc.status, exc.message, param=exc.param, code=exc.code, headers=exc.headers)
-
-    @app.exception_handler(PromptTooLongError)
-    async def _too_long(_: Request, exc: PromptTooLongError):
-        return error_response(400, str(exc), param=exc.param, code="context_length_exceeded")
-
-    @app.exception_handler(InvalidRequestError)
-    async def _invalid(_: Request, exc: InvalidRequestError):
-        return error_response(400, str(exc), param=exc.param)
-
-    @app.exception_handler(LoRANotFoundError)
-    async def _no_adapter(_: Request, exc: LoRANotFoundError):
-        return error_response(404, str(exc), param=exc.param, code="model_not_found")
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError):

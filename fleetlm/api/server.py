@@ -10,7 +10,7 @@ import logging
 import threading
 from pathlib import Path
 
-from fleetlm.config import EngineConfig, ServerConfig
+from fleetlm.config import EngineConfig, FleetFile, ServerConfig
 
 log = logging.getLogger("fleetlm.server")
 
@@ -20,8 +20,7 @@ def model_id_for(engine_config: EngineConfig) -> str:
     return path.name if path.is_dir() else engine_config.model
 
 
-def build_app(engine_config: EngineConfig, server_config: ServerConfig, fleet_file=None):
-    from fleetlm.api.app import create_app
+def build_app(engine_config: EngineConfig, server_config: ServerConfig, fleet_file: FleetFile | None = None):
     from fleetlm.engine.async_engine import AsyncLLM
 
     llm = AsyncLLM(engine_config)
@@ -33,18 +32,21 @@ def build_app(engine_config: EngineConfig, server_config: ServerConfig, fleet_fi
             embedder = Embedder()
         except Exception as exc:  # the server still serves generation without it
             log.warning("embeddings disabled: %s", exc)
-    from fleetlm.api.serving import response_format_to_structured as structured
-
     # The grammar compiler's tokenizer table takes a few seconds for a 262k vocabulary: build
     # it now, off the request path, so the first structured request does not stall the loop.
     threading.Thread(target=lambda: llm.engine.grammar().prepare(), name="fleetlm-grammar-prep",
                      daemon=True).start()
     model_id = server_config.served_model_name or model_id_for(engine_config)
-    return create_app(server_config, llm, model_id=model_id, embedder=embedder, structured=structured,
-                      upstreams=fleet_file.upstreams if fleet_file else (),
-                      routers=fleet_file.routers if fleet_file else (),
-                      pools=fleet_file.pools if fleet_file else (),
-                      tool_agents=fleet_file.tool_agents if fleet_file else ())
+    return app_for_engine(llm, model_id=model_id, config=server_config, fleet_file=fleet_file, embedder=embedder)
+
+
+def app_for_engine(llm, *, model_id: str, config: ServerConfig, fleet_file: FleetFile | None = None, embedder=None):
+    """The app around an already-started engine (an AsyncLLM served as `model_id`)."""
+    from fleetlm.api.app import create_app
+    from fleetlm.catalog import build
+
+    fleet = build(llm, model_id=model_id, server=config, fleet=fleet_file, embedder=embedder)
+    return create_app(config, fleet, embedder=embedder)
 
 
 def serve(engine_config: EngineConfig, server_config: ServerConfig, fleet_file=None) -> None:

@@ -5,8 +5,8 @@ Contract: a `PoolTarget` serves `PoolConfig.model`. It estimates the request's p
 prompts are counted exactly) without a tokenizer, since pools may run different ones and
 the bucket edges are coarse; finds its bucket (`prompt_edges`, as `fleet plan` buckets a
 trace) and sends it to that bucket's pools in order, then to every other pool: routing,
-fallback, cooldown and the `x-fleetlm-served-by` header are `RouterTarget`'s, one per
-bucket, all sharing one cooldown table so a pool that fails is skipped for every bucket.
+fallback and cooldown are `RouterTarget`'s, one per bucket, all sharing one cooldown table
+so a pool that fails is skipped for every bucket.
 """
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ import bisect
 from dataclasses import dataclass, field
 
 from fleetlm.backends.router import RouterTarget, fixed_order
+from fleetlm.config import PoolConfig
+from fleetlm.openai.chunks import ModelCard
 
 
 def estimate_prompt_tokens(req, chars_per_token: float = 4.0) -> int:
@@ -43,21 +45,24 @@ class PoolTarget:
     chars_per_token: float = 4.0
     members: dict[str, object] = field(default_factory=dict)
 
-    def card(self, created: int) -> dict:
-        return {"id": self.model_id, "object": "model", "created": created, "owned_by": "fleetlm",
-                "pools": {name: t.model_id for name, t in self.members.items()}, "prompt_edges": self.edges}
+    def card(self) -> ModelCard:
+        return ModelCard(self.model_id, pools={name: t.model_id for name, t in self.members.items()},
+                         prompt_edges=self.edges)
+
+    def engines(self) -> frozenset[str]:
+        return frozenset().union(*(t.engines() for t in self.members.values()))
 
     def router_for(self, req) -> RouterTarget:
         return self.routers[bucket_index(estimate_prompt_tokens(req, self.chars_per_token), self.edges)]
 
-    async def chat(self, req, raw):
-        return await self.router_for(req).chat(req, raw)
+    def chat(self, req):
+        return self.router_for(req).chat(req)
 
-    async def complete(self, req, raw):
-        return await self.router_for(req).complete(req, raw)
+    def complete(self, req):
+        return self.router_for(req).complete(req)
 
 
-def build_pools(configs, by_id: dict, on_served=None) -> list[PoolTarget]:
+def build_pools(configs: list[PoolConfig], by_id: dict) -> list[PoolTarget]:
     """PoolTargets over already-built catalog Targets (`by_id`: model id -> Target)."""
     out = []
     for cfg in configs:
@@ -68,7 +73,7 @@ def build_pools(configs, by_id: dict, on_served=None) -> list[PoolTarget]:
             raise ValueError(f"pool {cfg.model}: that model id is already served")
         members = {name: by_id[mid] for name, mid in cfg.members.items()}
         cooling: dict[str, float] = {}
-        routers = [RouterTarget(cfg.model, fixed_order(order), members, cooldown_s=cfg.cooldown_s,
-                                on_served=on_served, cooling=cooling) for order in cfg.buckets]
+        routers = [RouterTarget(cfg.model, fixed_order(order), members, cooldown_s=cfg.cooldown_s, cooling=cooling)
+                   for order in cfg.buckets]
         out.append(PoolTarget(cfg.model, list(cfg.prompt_edges), routers, cfg.chars_per_token, members))
     return out

@@ -3,11 +3,11 @@
 Contract: `rank(prompt) -> [candidate name, ...]` (best first) comes from a routing policy
 (a trained router from `fleetlm.compound.router`, or a fixed preference order). The router
 tries the candidates in that order, skipping those cooling down; a candidate that fails
-before answering (unreachable, timeout, a 5xx, or a stream that cannot start) is cooled
-down for `cooldown_s` (as LiteLLM does) and the next one is tried, so no request is lost
-while any candidate is up. Client errors (4xx) are returned as they are: another model
-would reject them too. The response names the model that served, in its `model` field and
-in the `x-fleetlm-served-by` header.
+before its first chunk (an `APIError` of status >= 500: unreachable, timeout, an upstream
+5xx, a stopped engine) is cooled down for `cooldown_s` (as LiteLLM does) and the next one is
+tried, so no request is lost while any candidate is up. Client errors (4xx) are raised as
+they are: another model would reject them too. Once a candidate has yielded a chunk, its
+stream is the answer (a later error ends it). The chunks name the model that served.
 """
 
 from __future__ import annotations
@@ -15,10 +15,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import aclosing
 from dataclasses import dataclass, field
 
-from fleetlm.openai.errors import APIError
+from fleetlm.openai.chunks import ModelCard
+from fleetlm.openai.errors import APIError, UnavailableError
 
 log = logging.getLogger("fleetlm.router")
 
@@ -38,18 +40,19 @@ class RouterTarget:
     rank: Callable[[str], list[str]]  # prompt -> candidate names, best first
     candidates: dict[str, object]  # candidate name -> catalog Target
     cooldown_s: float = 30.0
-    on_served: Callable[[str, str], None] | None = None  # (router id, served model id)
     cooling: dict[str, float] = field(default_factory=dict)  # target model id -> until (monotonic)
 
-    def card(self, created: int) -> dict:
-        return {"id": self.model_id, "object": "model", "created": created, "owned_by": "fleetlm",
-                "candidates": sorted(t.model_id for t in self.candidates.values())}
+    def card(self) -> ModelCard:
+        return ModelCard(self.model_id, candidates=sorted(t.model_id for t in self.candidates.values()))
 
-    async def chat(self, req, raw):
-        return await self._route(req, raw, "chat")
+    def engines(self) -> frozenset[str]:
+        return frozenset().union(*(t.engines() for t in self.candidates.values()))
 
-    async def complete(self, req, raw):
-        return await self._route(req, raw, "complete")
+    def chat(self, req) -> AsyncIterator:
+        return self._route(req, "chat")
+
+    def complete(self, req) -> AsyncIterator:
+        return self._route(req, "complete")
 
     def order(self, ranked: list[str]) -> list[object]:
         """Candidate Targets to try, best first: ranked ones, then any the policy left out;
@@ -61,29 +64,30 @@ class RouterTarget:
         cold = [n for n in names if n not in ready]
         return [self.candidates[n] for n in ready + cold]
 
-    async def _route(self, req, raw, kind: str):
+    async def _route(self, req, kind: str):
         errors = []
         # a trained policy embeds the prompt (~10 ms of CPU): off the event loop
         ranked = await asyncio.to_thread(self.rank, prompt_text(req))
         for target in self.order(ranked):
             sub = req.model_copy(update={"model": target.model_id})
-            try:
-                resp = await getattr(target, kind)(sub, raw)
-            except APIError as exc:
-                if exc.status < 500:
-                    raise
-                errors.append(f"{target.model_id}: {exc.message}")
-                self._cool(target.model_id)
-                continue
-            if resp.status_code >= 500:
-                errors.append(f"{target.model_id}: HTTP {resp.status_code}")
-                self._cool(target.model_id)
-                continue
-            resp.headers["x-fleetlm-served-by"] = target.model_id
-            if self.on_served is not None:
-                self.on_served(self.model_id, target.model_id)
-            return resp
-        raise APIError(502, f"{self.model_id}: every candidate failed ({'; '.join(errors)})", code="upstream_error")
+            async with aclosing(getattr(target, kind)(sub)) as stream:
+                try:
+                    first = await anext(stream)
+                except StopAsyncIteration:
+                    errors.append(f"{target.model_id}: no answer")
+                    self._cool(target.model_id)
+                    continue
+                except APIError as exc:
+                    if exc.status < 500:
+                        raise
+                    errors.append(f"{target.model_id}: {exc.message}")
+                    self._cool(target.model_id)
+                    continue
+                yield first
+                async for chunk in stream:
+                    yield chunk
+                return
+        raise UnavailableError(f"{self.model_id}: every candidate failed ({'; '.join(errors)})")
 
     def _cool(self, model_id: str) -> None:
         log.warning("%s: %s failed, cooling down for %.0f s", self.model_id, model_id, self.cooldown_s)

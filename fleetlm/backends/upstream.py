@@ -1,11 +1,12 @@
-"""`upstream/<name>/<model>`: chat and completions proxied to any OpenAI-compatible server
-(vLLM, SGLang, llama.cpp's server, a hosted API, another fleetlm).
+"""`upstream/<name>/<model>`: chat and completions on any OpenAI-compatible server (vLLM,
+SGLang, llama.cpp's server, a hosted API, another fleetlm).
 
-Contract: the request body is forwarded as validated (the `model` field renamed to the
-upstream's name), streaming included; responses and stream chunks come back with the public
-model id. Upstream 4xx answers pass through with their status; a connection failure, a
-timeout or an upstream 5xx becomes a 502/504 in OpenAI's error shape. A client that goes
-away closes the upstream stream, so the upstream can abort too. No mocks: tests run it
+Contract: the request is forwarded as validated (its `model` renamed to the upstream's name;
+a stream always asks for usage, so cost is known), and the answer comes back as typed chunks
+served by the public model id, usage priced at the upstream's configured prices. An upstream
+4xx is raised with its status and message; a connection failure, a timeout, an upstream 5xx
+or a stream that breaks becomes a 502/504 `APIError`. Closing the iterator (a client that
+went away) closes the upstream stream, so the upstream can abort too. No mocks: tests run it
 against a second fleetlm server on 127.0.0.1.
 """
 
@@ -17,9 +18,11 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import httpx
-from fastapi.responses import JSONResponse, StreamingResponse
 
-from fleetlm.openai.errors import APIError, error_body
+from fleetlm.config import UpstreamConfig
+from fleetlm.openai import format as fmt
+from fleetlm.openai.chunks import ChatChunk, CompletionChunk, ModelCard, Pricing, Usage
+from fleetlm.openai.errors import APIError, UnavailableError, UpstreamTimeoutError
 
 
 @dataclass
@@ -29,105 +32,98 @@ class UpstreamTarget:
     base_url: str  # ends with /v1
     client: httpx.AsyncClient
     api_key: str | None
-    price_input_per_mtok: float
-    price_output_per_mtok: float
+    pricing: Pricing
     owned_by: str
-    on_usage: object = None  # callable(model_id, prompt_tokens, completion_tokens, cost_usd)
 
-    def card(self, created: int) -> dict:
-        return {"id": self.model_id, "object": "model", "created": created, "owned_by": self.owned_by,
-                "pricing": {"input_per_mtok": self.price_input_per_mtok,
-                            "output_per_mtok": self.price_output_per_mtok}}
+    def card(self) -> ModelCard:
+        return ModelCard(self.model_id, owned_by=self.owned_by, pricing=self.pricing)
 
-    async def chat(self, req, raw) -> JSONResponse | StreamingResponse:
-        return await self._forward("/chat/completions", req)
+    def engines(self) -> frozenset[str]:
+        return frozenset()
 
-    async def complete(self, req, raw) -> JSONResponse | StreamingResponse:
-        return await self._forward("/completions", req)
+    def chat(self, req) -> AsyncIterator[ChatChunk]:
+        return self._forward("/chat/completions", req, ChatChunk, fmt.parse_chat_choice)
 
-    def _headers(self) -> dict:
-        return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+    def complete(self, req) -> AsyncIterator[CompletionChunk]:
+        return self._forward("/completions", req, CompletionChunk, fmt.parse_completion_choice)
 
     def _body(self, req) -> dict:
         body = req.model_dump(exclude_none=True, by_alias=True, exclude_unset=True)
         body["model"] = self.upstream_model
-        if req.stream:  # always ask for usage so cost is recorded; dropped again if unasked
+        if req.stream:
             body["stream_options"] = {**body.get("stream_options", {}), "include_usage": True}
         return body
 
-    def _record(self, usage: dict | None) -> None:
-        if not usage or self.on_usage is None:
-            return
-        p, c = int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
-        cost = (p * self.price_input_per_mtok + c * self.price_output_per_mtok) / 1e6
-        self.on_usage(self.model_id, p, c, cost)
-
-    async def _forward(self, path: str, req):
-        url = self.base_url + path
-        body = self._body(req)
+    async def _forward(self, path: str, req, chunk_cls, parse_choice):
+        headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+        request = self.client.build_request("POST", self.base_url + path, json=self._body(req), headers=headers)
         try:
-            if not req.stream:
-                resp = await self.client.post(url, json=body, headers=self._headers())
-                return self._relay_json(resp)
-            request = self.client.build_request("POST", url, json=body, headers=self._headers())
             resp = await self.client.send(request, stream=True)
         except httpx.TimeoutException as exc:
-            raise APIError(504, f"upstream {self.model_id} timed out: {type(exc).__name__}",
-                           code="upstream_timeout")
+            raise UpstreamTimeoutError(f"upstream {self.model_id} timed out: {type(exc).__name__}") from None
         except httpx.HTTPError as exc:
-            raise APIError(502, f"upstream {self.model_id} unreachable: {exc}", code="upstream_error")
-        if resp.status_code != 200:
-            await resp.aread()
-            await resp.aclose()
-            return self._relay_json(resp)
-        wants_usage = bool(req.stream_options and req.stream_options.include_usage)
-        return StreamingResponse(self._relay_stream(resp, wants_usage), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache"})
-
-    def _relay_json(self, resp: httpx.Response) -> JSONResponse:
+            raise UnavailableError(f"upstream {self.model_id} unreachable: {exc}") from None
         try:
-            data = resp.json()
-        except ValueError:
-            data = None
-        if resp.status_code >= 500 or not isinstance(data, dict):
-            raise APIError(502, f"upstream {self.model_id} answered {resp.status_code}", code="upstream_error")
-        if resp.status_code == 200:
-            data["model"] = self.model_id
-            self._record(data.get("usage"))
-        return JSONResponse(data, status_code=resp.status_code)
-
-    async def _relay_stream(self, resp: httpx.Response, wants_usage: bool) -> AsyncIterator[str]:
-        try:
-            async for line in resp.aiter_lines():
-                if not line.startswith("data: "):
-                    continue
-                payload = line[6:]
-                if payload != "[DONE]":
-                    chunk = json.loads(payload)
-                    if isinstance(chunk, dict):
-                        if chunk.get("usage"):
-                            self._record(chunk["usage"])
-                            if not wants_usage:
-                                if not chunk.get("choices"):
-                                    continue  # the usage-only chunk we asked for ourselves
-                                chunk.pop("usage")
-                        if "model" in chunk:
-                            chunk["model"] = self.model_id
-                    payload = json.dumps(chunk, ensure_ascii=False)
-                yield f"data: {payload}\n\n"
-        except httpx.HTTPError as exc:  # headers are sent: report in-band
-            yield f"data: {json.dumps(error_body(502, f'upstream stream failed: {exc}'))}\n\n"
-            yield "data: [DONE]\n\n"
+            if resp.status_code != 200 or not req.stream:
+                yield self._whole(await self._json(resp), chunk_cls, parse_choice)
+                return
+            usage = None
+            async for data in _sse_data(resp, self.model_id):
+                if data.get("usage"):
+                    usage = fmt.parse_usage(data["usage"], self.pricing)
+                if data.get("choices"):
+                    yield chunk_cls(served_by=self.model_id, choices=[parse_choice(c) for c in data["choices"]],
+                                    extra=_extra(data))
+            yield chunk_cls(served_by=self.model_id, usage=usage or Usage())
         finally:
             await resp.aclose()  # a client disconnect lands here too: the upstream sees it
 
+    async def _json(self, resp: httpx.Response) -> dict:
+        try:
+            await resp.aread()
+            data = resp.json()
+        except (ValueError, httpx.HTTPError):
+            data = None
+        if resp.status_code >= 500 or not isinstance(data, dict):
+            raise UnavailableError(f"upstream {self.model_id} answered {resp.status_code}")
+        if resp.status_code != 200:
+            err = data.get("error") if isinstance(data.get("error"), dict) else {}
+            raise APIError(resp.status_code, str(err.get("message") or f"upstream answered {resp.status_code}"),
+                           param=err.get("param"), code=err.get("code"))
+        return data
 
-def upstream_targets(cfg, client: httpx.AsyncClient, on_usage=None) -> list[UpstreamTarget]:
-    """One target per model of an `UpstreamConfig`; `on_usage` records tokens and cost."""
+    def _whole(self, data: dict, chunk_cls, parse_choice):
+        return chunk_cls(served_by=self.model_id, choices=[parse_choice(c) for c in data.get("choices") or []],
+                         usage=fmt.parse_usage(data.get("usage") or {}, self.pricing), extra=_extra(data))
+
+
+async def _sse_data(resp: httpx.Response, model_id: str) -> AsyncIterator[dict]:
+    """The JSON events of an SSE stream up to `[DONE]`; an in-band error is raised."""
+    try:
+        async for line in resp.aiter_lines():
+            if not line.startswith("data: "):
+                continue
+            if line[6:] == "[DONE]":
+                return
+            data = json.loads(line[6:])
+            if not isinstance(data, dict):
+                continue
+            if isinstance(data.get("error"), dict):
+                raise UnavailableError(f"upstream {model_id} failed mid-stream: {data['error'].get('message')}")
+            yield data
+    except (httpx.HTTPError, json.JSONDecodeError) as exc:
+        raise UnavailableError(f"upstream stream failed: {exc}") from None
+
+
+def _extra(data: dict) -> dict | None:
+    extra = {k: v for k, v in data.items() if k not in fmt.STANDARD_FIELDS}
+    return extra or None
+
+
+def upstream_targets(cfg: UpstreamConfig, client: httpx.AsyncClient) -> list[UpstreamTarget]:
+    """One Target per model of an upstream."""
     key = os.environ.get(cfg.api_key_env) if cfg.api_key_env else None
-    return [UpstreamTarget(model_id=f"upstream/{cfg.name}/{m}", upstream_model=m,
-                           base_url=cfg.base_url.rstrip("/"), client=client, api_key=key,
-                           price_input_per_mtok=cfg.price_input_per_mtok,
-                           price_output_per_mtok=cfg.price_output_per_mtok, owned_by=cfg.name,
-                           on_usage=on_usage)
+    pricing = Pricing(cfg.price_input_per_mtok, cfg.price_output_per_mtok)
+    return [UpstreamTarget(model_id=f"upstream/{cfg.name}/{m}", upstream_model=m, base_url=cfg.base_url.rstrip("/"),
+                           client=client, api_key=key, pricing=pricing, owned_by=cfg.name)
             for m in cfg.models]

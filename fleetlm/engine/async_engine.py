@@ -20,6 +20,7 @@ import asyncio
 import queue
 import threading
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 from fleetlm.config import EngineConfig
 from fleetlm.engine.engine import LLMEngine
@@ -30,6 +31,18 @@ from fleetlm.engine.sampling_params import SamplingParams
 
 class EngineDeadError(RuntimeError):
     """The engine thread stopped (shut down, or a step raised); nothing more is served."""
+
+
+@dataclass(frozen=True)
+class EngineStats:
+    """A snapshot of the engine for servers and metrics (plain reads; safe across threads)."""
+
+    waiting: int  # sequences waiting for admission
+    running: int  # sequences in the running batch
+    streams: int  # requests with an open output stream (generate() callers)
+    kv_usage: float  # fraction of KV-cache blocks in use
+    prefix_hit_ratio: float  # prompt tokens served from the prefix cache, of those looked up
+    error: str | None  # why the engine stopped; None while it serves
 
 
 class AsyncLLM:
@@ -86,6 +99,14 @@ class AsyncLLM:
     def num_unfinished(self) -> int:
         with self._lock:
             return len(self._streams)
+
+    def stats(self) -> EngineStats:
+        e = self.engine
+        return EngineStats(waiting=len(e.scheduler.waiting), running=len(e.scheduler.running),
+                           streams=self.num_unfinished(), kv_usage=e.kv.usage,
+                           prefix_hit_ratio=e.kv.hits / e.kv.queries if e.kv.queries else 0.0,
+                           error=None if self.error is None and not self._stopped.is_set() else
+                           str(self.error or "stopped"))
 
     def shutdown(self, timeout: float = 10.0) -> None:
         """Abort whatever is still running and stop the engine thread."""

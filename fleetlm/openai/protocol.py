@@ -127,3 +127,19 @@ class EmbeddingRequest(_Strict):
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: StrictInt | None = None
     user: StrictStr | None = None
+
+
+class LoadLoRARequest(BaseModel):
+    """Body of POST /v1/load_lora_adapter (vLLM's shape)."""
+
+    model_config = ConfigDict(extra="forbid")
+    lora_name: StrictStr
+    lora_path: StrictStr
+
+
+class UnloadLoRARequest(BaseModel):
+    """Body of POST /v1/unload_lora_adapter (vLLM's shape; lora_int_id is accepted and ignored)."""
+
+    model_config = ConfigDict(extra="forbid")
+    lora_name: StrictStr
+    lora_int_id: int | None = None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import shutil
 import socket
 import threading
 import time
@@ -10,8 +12,8 @@ from dataclasses import dataclass
 import httpx
 import pytest
 
-from fleetlm.api.app import create_app
-from fleetlm.config import EngineConfig, ServerConfig
+from fleetlm.api.server import app_for_engine
+from fleetlm.config import EngineConfig, FleetFile, ServerConfig
 from fleetlm.engine.async_engine import AsyncLLM
 
 
@@ -34,15 +36,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(model_folder, *, embedder=None, structured=None, upstreams=(), routers=(), pools=(),
+def start_server(model_folder, *, embedder=None, upstreams=(), routers=(), pools=(),
                  tool_agents=(), engine_kw: dict | None = None, **server_kw):
     """engine_kw: extra EngineConfig fields (e.g. enable_lora); server_kw: ServerConfig fields."""
     import uvicorn
 
-    llm = AsyncLLM(EngineConfig(model=str(model_folder), dtype="float32", max_model_len=256, **(engine_kw or {})))
+    llm = AsyncLLM(EngineConfig(model=str(model_folder), dtype="float32", **{"max_model_len": 256, **(engine_kw or {})}))
     config = ServerConfig(port=free_port(), **server_kw)
-    app = create_app(config, llm, model_id="tiny", embedder=embedder, structured=structured,
-                     upstreams=upstreams, routers=routers, pools=pools, tool_agents=tool_agents)
+    fleet = FleetFile(list(upstreams), list(routers), list(pools), tool_agents=list(tool_agents))
+    app = app_for_engine(llm, model_id="tiny", config=config, fleet_file=fleet, embedder=embedder)
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=config.port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -62,6 +64,17 @@ def wait_healthy(base_url: str, *, timeout: float) -> None:
             pass
         time.sleep(0.05)
     raise RuntimeError(f"{base_url} did not become healthy in {timeout} s")
+
+
+@pytest.fixture(scope="session")
+def tiny_gemma_2k(tiny_gemma, tmp_path_factory):
+    """The tiny Gemma with a 2048-token context: tool lists and agent prompts in a byte-level
+    tokenizer are long. (RoPE positions past the tiny config's 512 are as valid as the first.)"""
+    folder = tmp_path_factory.mktemp("tiny-gemma-2k")
+    shutil.copytree(tiny_gemma, folder, dirs_exist_ok=True)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "max_position_embeddings": 2048}))
+    return folder
 
 
 @pytest.fixture(scope="module")

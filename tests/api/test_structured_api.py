@@ -25,9 +25,7 @@ SCHEMA = {
 
 @pytest.fixture(scope="module")
 def structured_server(tiny_gemma):
-    from fleetlm.api.serving import response_format_to_structured
-
-    running, srv, thread = start_server(tiny_gemma, structured=response_format_to_structured)
+    running, srv, thread = start_server(tiny_gemma)
     yield running
     srv.should_exit = True
     thread.join(10)

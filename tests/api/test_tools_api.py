@@ -5,7 +5,6 @@ round trips, errors. The slow test runs the embedded gemma-3-270m over BFCL ques
 from __future__ import annotations
 
 import json
-import shutil
 import threading
 
 import httpx
@@ -35,22 +34,17 @@ USER = [{"role": "user", "content": "What is the weather in Paris, and 2 + 3?"}]
 
 
 @pytest.fixture(scope="module")
-def tools_server(tiny_gemma, tmp_path_factory):
-    """The tiny Gemma with a 2048-token context: a tool list in a byte-level prompt is long.
-    (RoPE positions past the tiny config's 512 are as valid as the first 512.)"""
+def tools_server(tiny_gemma_2k):
+    """The tiny Gemma with a 2048-token context: a tool list in a byte-level prompt is long."""
     import uvicorn
 
-    from fleetlm.api.app import create_app
+    from fleetlm.api.server import app_for_engine
     from fleetlm.config import EngineConfig, ServerConfig
     from fleetlm.engine.async_engine import AsyncLLM
 
-    folder = tmp_path_factory.mktemp("tiny-gemma-2k")
-    shutil.copytree(tiny_gemma, folder, dirs_exist_ok=True)
-    config = json.loads((folder / "config.json").read_text())
-    (folder / "config.json").write_text(json.dumps({**config, "max_position_embeddings": 2048}))
-    llm = AsyncLLM(EngineConfig(model=str(folder), dtype="float32", max_model_len=2048))
+    llm = AsyncLLM(EngineConfig(model=str(tiny_gemma_2k), dtype="float32", max_model_len=2048))
     server_config = ServerConfig(port=free_port())
-    app = create_app(server_config, llm, model_id="tiny")
+    app = app_for_engine(llm, model_id="tiny", config=server_config)
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=server_config.port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -218,7 +212,7 @@ BFCL_PER_CATEGORY = 8  # 40 questions, the first 8 of each category: 70-90 s wit
 def gemma_server():
     import uvicorn
 
-    from fleetlm.api.app import create_app
+    from fleetlm.api.server import app_for_engine
     from fleetlm.config import EngineConfig, ServerConfig
     from fleetlm.engine.async_engine import AsyncLLM
     from fleetlm.models.embedded import ensure_default_model
@@ -226,7 +220,7 @@ def gemma_server():
     llm = AsyncLLM(EngineConfig(model=str(ensure_default_model()), max_model_len=4096))
     llm.engine.grammar().prepare()
     server_config = ServerConfig(port=free_port())
-    app = create_app(server_config, llm, model_id="gemma-3-270m")
+    app = app_for_engine(llm, model_id="gemma-3-270m", config=server_config)
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=server_config.port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

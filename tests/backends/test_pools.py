@@ -23,13 +23,13 @@ def start_front(model_folder, *, upstreams, pools):
 
     import uvicorn
 
-    from fleetlm.api.app import create_app
-    from fleetlm.config import EngineConfig, ServerConfig
+    from fleetlm.api.server import app_for_engine
+    from fleetlm.config import EngineConfig, FleetFile, ServerConfig
     from fleetlm.engine.async_engine import AsyncLLM
 
     llm = AsyncLLM(EngineConfig(model=str(model_folder), dtype="float32", max_model_len=256))
     config = ServerConfig(port=free_port())
-    app = create_app(config, llm, model_id="tiny", upstreams=upstreams, pools=pools)
+    app = app_for_engine(llm, model_id="tiny", config=config, fleet_file=FleetFile(list(upstreams), [], list(pools)))
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=config.port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

@@ -9,9 +9,10 @@ import threading
 import time
 
 import pytest
-from fastapi.responses import JSONResponse
 
+from fleetlm.api.dispatch import sse_events
 from fleetlm.openai import format as fmt
+from fleetlm.openai.chunks import ChatChunk, ChatDelta, ModelCard, Usage, collect_chat
 from fleetlm.openai.errors import APIError
 from fleetlm.openai.protocol import ChatCompletionRequest
 from fleetlm.compound.programs.tool_agent import ToolAgentConfig, build_tool_agent, build_tools
@@ -30,21 +31,24 @@ def total(values: list[float]) -> float:
 
 
 class Scripted:
-    """A fake catalog Target: answers each chat with the next canned reply (or status)."""
+    """A fake catalog Target: answers each chat with the next canned reply (or error status)."""
 
     def __init__(self, model_id, replies):
         self.model_id, self.replies, self.seen = model_id, list(replies), []
 
-    def card(self, created):
-        return {"id": self.model_id, "object": "model", "created": created, "owned_by": "test"}
+    def card(self):
+        return ModelCard(self.model_id, owned_by="test")
 
-    async def chat(self, req, raw):
+    def engines(self):
+        return frozenset()
+
+    async def chat(self, req):
         self.seen.append([m.model_dump() for m in req.messages])
         reply = self.replies.pop(0)
         if isinstance(reply, int):
-            return JSONResponse({"error": {"message": "backend exploded"}}, status_code=reply)
-        choice = {"index": 0, "message": {"role": "assistant", "content": reply}, "finish_reason": "stop"}
-        return JSONResponse(fmt.envelope("chat.completion", "x", req.model, [choice], fmt.usage(10, 5, 0)))
+            raise APIError(reply, "backend exploded")
+        yield ChatChunk(served_by=self.model_id, choices=[ChatDelta(0, "assistant", reply, finish_reason="stop")],
+                        usage=Usage(10, 5, 0))
 
 
 PLAN = """Thought: three lookups at once, then add.
@@ -66,9 +70,17 @@ def agent(planner_replies, joiner_replies=None, **cfg):
 
 
 def ask(target, content="Total population of Oslo, Lima and Pune?", **kw):
+    """(the SSE events of a streamed request, or None; the JSON body of one that is not)."""
     req = ChatCompletionRequest(model=target.model_id, messages=[{"role": "user", "content": content}], **kw)
-    resp = asyncio.run(target.chat(req, None))
-    return resp, (json.loads(resp.body) if isinstance(resp, JSONResponse) else None)
+    if req.stream:
+        async def events():
+            chunks = target.chat(req)
+            first = await anext(chunks)
+            include = bool(req.stream_options and req.stream_options.include_usage)
+            return [e async for e in sse_events(first, chunks, rid="x", include_usage=include)]
+
+        return asyncio.run(events()), None
+    return None, fmt.chat_completion(asyncio.run(collect_chat(target.chat(req))), "x")
 
 
 def test_plan_runs_concurrently_and_joiner_answers():
@@ -134,12 +146,8 @@ def test_errors_reach_the_joiner_and_text_without_action_is_the_answer():
 
 def test_streaming_carries_answer_and_trace():
     target, _, _ = agent([PLAN], ["Action: Finish(17.7 million)"])
-    resp, _ = ask(target, stream=True, stream_options={"include_usage": True})
-
-    async def collect():
-        return [chunk async for chunk in resp.body_iterator]
-
-    events = [e[len("data: "):].strip() for e in asyncio.run(collect())]
+    sse, _ = ask(target, stream=True, stream_options={"include_usage": True})
+    events = [e[len("data: "):].strip() for e in sse]
     assert events[-1] == "[DONE]"
     chunks = [json.loads(e) for e in events[:-1]]
     text = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"])
@@ -186,7 +194,7 @@ def test_config_validation_and_building_tools(tmp_path):
     with pytest.raises(ValueError, match="unknown model ids \\['p'\\]"):
         build_tool_agent(cfg, {}, tools=tools)
     target = build_tool_agent(cfg, {"p": Scripted("p", [])}, tools=tools)
-    card = target.card(0)
+    card = fmt.model_card(target.card(), 0)
     assert card["id"] == "compound/a" and card["planner"] == card["joiner"] == "p" and card["tools"] == ["lookup", "h", "sql"]
 
 
@@ -194,33 +202,23 @@ def test_end_to_end_over_http_with_a_tiny_joiner(tiny_gemma):
     """A real server on 127.0.0.1: the fake planner and the agent sit in the catalog next to
     the tiny local model (the joiner); the openai client sees an ordinary chat completion."""
     import uvicorn
-    from fastapi import FastAPI, Request
 
-    from fleetlm.api.errors import install_error_handlers
-    from fleetlm.api.metrics import Metrics
-    from fleetlm.api.serving import LocalModel, LocalTarget, Serving
-    from fleetlm.catalog import Catalog
-    from fleetlm.config import EngineConfig
+    from fleetlm.api.app import create_app
+    from fleetlm.backends.local import LocalTarget
+    from fleetlm.backends.local_inputs import EngineInputs
+    from fleetlm.catalog import Catalog, Fleet
+    from fleetlm.config import EngineConfig, ServerConfig
     from fleetlm.engine.async_engine import AsyncLLM
     from tests.api.conftest import free_port, wait_healthy
 
     llm = AsyncLLM(EngineConfig(model=str(tiny_gemma), dtype="float32", max_model_len=512))
-    local = LocalTarget(Serving(LocalModel("tiny", llm, int(time.time())), Metrics()))
+    local = LocalTarget("tiny", llm, EngineInputs(llm.engine))
     planner = Scripted("fake/planner", ['1. lookup(city="Oslo")\n2. lookup(city="Lima")\n3. join()'])
     cfg = ToolAgentConfig(name="tool-agent", planner="fake/planner", joiner="tiny", max_rounds=1, max_tokens=8,
                           tools=["tests.compound.test_tool_agent:lookup"])
     by_id = {"tiny": local, "fake/planner": planner}
-    catalog = Catalog([local, planner, build_tool_agent(cfg, by_id)])
-    app = FastAPI()
-    install_error_handlers(app)
-
-    @app.get("/health")
-    async def health():
-        return {"status": "ok"}
-
-    @app.post("/v1/chat/completions")
-    async def chat(req: ChatCompletionRequest, raw: Request):
-        return await catalog.resolve(req.model).chat(req, raw)
+    fleet = Fleet(Catalog([local, planner, build_tool_agent(cfg, by_id)]), engines={"tiny": llm})
+    app = create_app(ServerConfig(), fleet)
 
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
@@ -242,7 +240,6 @@ def test_end_to_end_over_http_with_a_tiny_joiner(tiny_gemma):
     finally:
         server.should_exit = True
         thread.join(10)
-        llm.shutdown()
 
 
 @pytest.mark.parametrize("reply, expected", [

@@ -6,11 +6,11 @@ a plan in `fleetlm.compound.tools.plan`'s format -> the DAG executor runs it (in
 calls concurrently) -> the joiner model (the same or another Target) reads the results and
 answers (`Action: Finish(...)`) or asks for another round (`Action: Replan(...)`). A plan
 that cannot be parsed is sent back to the planner with the error. The last round's joiner
-must answer. Sub-models are called with `await target.chat(sub_request, raw)` like any
-router, so a planner can be a local model, an upstream server or a router.
+must answer. Sub-models are any catalog Targets (a local model, an upstream server, a
+router): the agent consumes their chunks as values (`collect_chat`).
 
-Contract: the response is an OpenAI chat completion (or its stream: one content chunk, then
-the finish chunk) with usage summed over the planner and joiner calls, plus `fleetlm_trace`:
+Contract: the agent yields two chunks (the answer, then the finish with usage summed over the
+planner and joiner calls and each of those calls as a `SubCall`), plus `fleetlm_trace`:
 {"rounds": [{"round", "plan", "error", "planner_s", "joiner", "joiner_s"}], "calls": [each
 call's id, round, tool, args, start_s/end_s (seconds since the request started), duration_s,
 attempts, error, result], "wall_s"}. The client's `tools` are refused: the agent's tools are
@@ -22,13 +22,11 @@ from __future__ import annotations
 import json
 import re
 import time
-import uuid
-
-from fastapi.responses import JSONResponse, StreamingResponse
+from collections.abc import AsyncIterator
 
 from fleetlm.config import ToolAgentConfig
-from fleetlm.openai import format as fmt
-from fleetlm.openai.errors import APIError
+from fleetlm.openai.chunks import ChatChunk, ChatDelta, ModelCard, SubCall, Usage, collect_chat
+from fleetlm.openai.errors import APIError, BadRequestError
 from fleetlm.openai.protocol import ChatCompletionRequest
 from fleetlm.compound.tools.executor import ExecutorConfig, execute
 from fleetlm.compound.tools.plan import PlanError, parse_plan
@@ -107,45 +105,34 @@ class ToolAgentTarget:
         self.planner_prompt = PLANNER_PROMPT.format(tools="\n".join(describe_tool(t) for t in tools),
                                                     example=example)
 
-    def card(self, created: int) -> dict:
-        return {"id": self.model_id, "object": "model", "created": created, "owned_by": "fleetlm",
-                "planner": self.planner.model_id, "joiner": self.joiner.model_id,
-                "tools": [t.name for t in self.tools]}
+    def card(self) -> ModelCard:
+        return ModelCard(self.model_id, planner=self.planner.model_id, joiner=self.joiner.model_id,
+                         tools=[t.name for t in self.tools])
 
-    async def complete(self, req, raw):
-        raise APIError(400, f"{self.model_id} is a chat model; use /v1/chat/completions", param="model")
+    def engines(self) -> frozenset[str]:
+        return self.planner.engines() | self.joiner.engines()
 
-    async def chat(self, req, raw):
+    async def complete(self, req) -> AsyncIterator:
+        raise BadRequestError(f"{self.model_id} is a chat model; use /v1/chat/completions", param="model")
+        yield  # an async generator, like every Target's complete()
+
+    async def chat(self, req) -> AsyncIterator[ChatChunk]:
         for name, bad in (("tools", req.tools), ("n", req.n != 1), ("logprobs", req.logprobs),
                           ("response_format", req.response_format is not None and req.response_format.type != "text")):
             if bad:
-                raise APIError(400, f"{self.model_id} does not support `{name}` (its tools are configured on "
-                                    "the server, and it answers with one text message)", param=name)
-        answer, trace, usage = await self.run(req, raw)
-        rid = f"chatcmpl-{uuid.uuid4().hex}"
-        if not req.stream:
-            choice = {"index": 0, "message": {"role": "assistant", "content": answer},
-                      "logprobs": None, "finish_reason": "stop"}
-            body = fmt.envelope("chat.completion", rid, self.model_id, [choice], usage)
-            return JSONResponse({**body, "fleetlm_trace": trace})
-        return StreamingResponse(self._events(req, rid, answer, trace, usage), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache"})
+                raise BadRequestError(f"{self.model_id} does not support `{name}` (its tools are configured on "
+                                      "the server, and it answers with one text message)", param=name)
+        answer, trace, calls = await self.run(req)
+        usage = sum((Usage(c.usage.prompt_tokens, c.usage.completion_tokens, None, c.usage.cost_usd) for c in calls),
+                    Usage())
+        yield ChatChunk(served_by=self.model_id, choices=[ChatDelta(0, role="assistant", content=answer)])
+        yield ChatChunk(served_by=self.model_id, choices=[ChatDelta(0, finish_reason="stop")], usage=usage,
+                        extra={"fleetlm_trace": trace}, calls=calls)
 
-    async def _events(self, req, rid, answer, trace, usage):
-        created = int(time.time())
-        first = {"index": 0, "delta": {"role": "assistant", "content": answer}, "logprobs": None, "finish_reason": None}
-        last = {"index": 0, "delta": {}, "logprobs": None, "finish_reason": "stop"}
-        yield _sse(fmt.envelope("chat.completion.chunk", rid, self.model_id, [first], created=created))
-        yield _sse({**fmt.envelope("chat.completion.chunk", rid, self.model_id, [last], created=created),
-                    "fleetlm_trace": trace})
-        if req.stream_options and req.stream_options.include_usage:
-            yield _sse(fmt.envelope("chat.completion.chunk", rid, self.model_id, [], usage, created))
-        yield "data: [DONE]\n\n"
-
-    async def run(self, req, raw) -> tuple[str, dict, dict]:
-        """(answer, trace, usage) for one chat request."""
+    async def run(self, req) -> tuple[str, dict, list[SubCall]]:
+        """(answer, trace, the planner and joiner calls made) for one chat request."""
         t0 = time.monotonic()
-        usage = {"prompt_tokens": 0, "completion_tokens": 0}
+        calls_made: list[SubCall] = []
         system = [m.text() for m in req.messages if m.role in ("system", "developer")]
         convo = [{"role": m.role, "content": m.text()} for m in req.messages if m.role in ("user", "assistant")]
         question = next((m["content"] for m in reversed(convo) if m["role"] == "user"), "")
@@ -154,7 +141,7 @@ class ToolAgentTarget:
         for r in range(self.cfg.max_rounds):
             last = r == self.cfg.max_rounds - 1
             s = time.monotonic()
-            plan_text = await self._ask(self.planner, planner_msgs, raw, usage)
+            plan_text = await self._ask(self.planner, planner_msgs, calls_made)
             info = {"round": r, "plan": plan_text, "error": None, "planner_s": round(time.monotonic() - s, 6)}
             rounds.append(info)
             try:
@@ -174,7 +161,7 @@ class ToolAgentTarget:
                 calls.append({"round": r, **j})
                 observations.append(_observation(rec))
             s = time.monotonic()
-            verdict = await self._ask(self.joiner, self._joiner_messages(question, observations, last), raw, usage)
+            verdict = await self._ask(self.joiner, self._joiner_messages(question, observations, last), calls_made)
             info.update(joiner=verdict, joiner_s=round(time.monotonic() - s, 6))
             action, content = _parse_joiner(verdict)
             if action == "Finish" or last:
@@ -184,30 +171,27 @@ class ToolAgentTarget:
                              {"role": "user", "content": "Results so far:\n" + "\n".join(observations)
                               + f"\nThat is not enough yet: {content}\nWrite a new plan for the next calls."}]
         if answer is None:  # no round both planned and joined: answer from what there is
-            verdict = await self._ask(self.joiner, self._joiner_messages(question, observations, True), raw, usage)
+            verdict = await self._ask(self.joiner, self._joiner_messages(question, observations, True), calls_made)
             rounds.append({"round": len(rounds), "plan": None, "error": None, "planner_s": 0.0, "joiner": verdict})
             answer = _parse_joiner(verdict)[1]
-        usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
-        return answer, {"rounds": rounds, "calls": calls, "wall_s": round(time.monotonic() - t0, 6)}, usage
+        return answer, {"rounds": rounds, "calls": calls, "wall_s": round(time.monotonic() - t0, 6)}, calls_made
 
     def _joiner_messages(self, question: str, observations: list[str], last: bool) -> list[dict]:
         results = "\n".join(observations) or "(no tool results)"
         return [{"role": "system", "content": JOINER_PROMPT.format(replan="" if last else REPLAN)},
                 {"role": "user", "content": f"Question: {question}\n\nTool results:\n{results}"}]
 
-    async def _ask(self, target, messages: list[dict], raw, usage: dict) -> str:
-        """One non-streamed chat call to a catalog Target; its text, usage added to `usage`."""
+    async def _ask(self, target, messages: list[dict], calls_made: list[SubCall]) -> str:
+        """One non-streamed chat call to a catalog Target: its text; the call is recorded."""
         sub = ChatCompletionRequest(model=target.model_id, messages=messages, max_tokens=self.cfg.max_tokens,
                                     temperature=0)
-        resp = await target.chat(sub, raw)
-        body = json.loads(bytes(resp.body))
-        if resp.status_code >= 400:
-            message = body.get("error", {}).get("message", "") if isinstance(body, dict) else ""
-            status = resp.status_code if resp.status_code < 500 else 502
-            raise APIError(status, f"{self.model_id}: {target.model_id} failed (HTTP {resp.status_code}): {message}")
-        for k in ("prompt_tokens", "completion_tokens"):
-            usage[k] += (body.get("usage") or {}).get(k, 0)
-        return body["choices"][0]["message"].get("content") or ""
+        try:
+            result = await collect_chat(target.chat(sub))
+        except APIError as exc:
+            raise APIError(exc.status if exc.status < 500 else 502,
+                           f"{self.model_id}: {target.model_id} failed (HTTP {exc.status}): {exc.message}") from None
+        calls_made.append(SubCall(target.model_id, result.served_by, result.usage))
+        return result.text
 
 
 def _observation(rec) -> str:
@@ -225,7 +209,3 @@ def _parse_joiner(text: str) -> tuple[str, str]:
         return "Finish", text.strip()
     content = m.group(2)
     return m.group(1), (content[:content.rfind(")")] if ")" in content else content).strip()
-
-
-def _sse(data: dict) -> str:
-    return f"data: {json.dumps(data, ensure_ascii=False)}\n\n"

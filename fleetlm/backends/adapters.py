@@ -1,4 +1,4 @@
-"""LoRA adapters as model ids: `<base>:<adapter>` (e.g. `gemma-3-270m:sql-expert`).
+"""The adapters a local engine serves as `<base>:<adapter>` (e.g. `gemma-3-270m:sql-expert`).
 
 Contract: `AdapterRegistry` maps adapter names to PEFT folders. Names come from
 `--adapters-dir` (each sub-folder with an `adapter_config.json`; the folder is rescanned at
@@ -16,28 +16,10 @@ import threading
 import time
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, StrictStr
-
-from fleetlm.openai.errors import APIError
-from fleetlm.engine.lora import LoRARequest
+from fleetlm.engine.lora import LoRAError, LoRANotFoundError, LoRARequest
+from fleetlm.openai.errors import BadRequestError, NotFoundError
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-
-
-class LoadLoRARequest(BaseModel):
-    """Body of POST /v1/load_lora_adapter (vLLM's shape)."""
-
-    model_config = ConfigDict(extra="forbid")
-    lora_name: StrictStr
-    lora_path: StrictStr
-
-
-class UnloadLoRARequest(BaseModel):
-    """Body of POST /v1/unload_lora_adapter (vLLM's shape; lora_int_id is accepted and ignored)."""
-
-    model_config = ConfigDict(extra="forbid")
-    lora_name: StrictStr
-    lora_int_id: int | None = None
 
 
 class AdapterRegistry:
@@ -76,17 +58,22 @@ class AdapterRegistry:
                 return LoRARequest(name, path)
             if attempt == 0:
                 self.rescan(force=self.dir is not None)
-        raise APIError(404, f"The model {model_id!r} does not exist: no adapter {name!r} is loaded; "
-                       f"see GET /v1/models", param="model", code="model_not_found")
+        raise NotFoundError(f"The model {model_id!r} does not exist: no adapter {name!r} is loaded; "
+                            f"see GET /v1/models")
 
     def load(self, name: str, path: str) -> LoRARequest:
         """Validate and register (replacing an adapter of the same name)."""
         if not NAME.match(name or ""):
-            raise APIError(400, f"lora_name {name!r} must be 1-128 of [A-Za-z0-9._-], starting with "
-                           "a letter or digit", param="lora_name")
+            raise BadRequestError(f"lora_name {name!r} must be 1-128 of [A-Za-z0-9._-], starting with "
+                                  "a letter or digit", param="lora_name")
         req = LoRARequest(name, str(Path(path).expanduser().resolve()))
         self.pool.unload(name)  # forget any earlier weights under this name
-        self.pool.check(req)  # LoRANotFoundError -> 404, LoRAError -> 400 (api/errors.py)
+        try:
+            self.pool.check(req)
+        except LoRANotFoundError as exc:
+            raise NotFoundError(str(exc), param=exc.param) from None
+        except LoRAError as exc:
+            raise BadRequestError(str(exc), param=exc.param) from None
         with self._lock:
             self._loaded[name] = req.path
             self._hidden.discard(name)
@@ -96,50 +83,8 @@ class AdapterRegistry:
         with self._lock:
             known = name in self._loaded or (name in self._from_dir and name not in self._hidden)
             if not known:
-                raise APIError(404, f"no adapter {name!r} is loaded", param="lora_name", code="model_not_found")
+                raise NotFoundError(f"no adapter {name!r} is loaded", param="lora_name")
             self._loaded.pop(name, None)
             if name in self._from_dir:
                 self._hidden.add(name)
         self.pool.unload(name)
-
-
-class AdapterTarget:
-    """`<base>:<adapter>` as a catalog Target: the local engine's Serving with the adapter."""
-
-    def __init__(self, serving, model_id: str, lora: LoRARequest):
-        self.serving, self.model_id, self.lora = serving, model_id, lora
-
-    def card(self, created: int) -> dict:
-        return {"id": self.model_id, "object": "model", "created": created, "owned_by": "fleetlm",
-                "parent": self.serving.model.model_id, "root": self.lora.path,
-                "max_model_len": self.serving.model.max_model_len}
-
-    async def chat(self, req, raw):
-        return await self.serving.chat(req, raw, lora_request=self.lora)
-
-    async def complete(self, req, raw):
-        return await self.serving.complete(req, raw, lora_request=self.lora)
-
-
-class AdapterSource:
-    """Catalog entries made on demand: `<base>:<name>` for every registered adapter."""
-
-    def __init__(self, serving, registry: AdapterRegistry):
-        self.serving, self.registry = serving, registry
-        self.base = serving.model.model_id
-
-    def resolve(self, model: str) -> AdapterTarget | None:
-        base, sep, name = model.partition(":")
-        if not sep or base != self.base:
-            return None
-        return AdapterTarget(self.serving, model, self.registry.get(name, model))
-
-    def cards(self, created: int) -> list[dict]:
-        out = []
-        for name in self.registry.names():
-            try:
-                out.append(AdapterTarget(self.serving, f"{self.base}:{name}",
-                                         self.registry.get(name, name)).card(created))
-            except APIError:  # removed between listing and lookup
-                pass
-        return out

@@ -1,9 +1,8 @@
-"""Engine request streams for the serving layer: one or several prompts run as engine
-requests, their outputs merged as they come, or collected to the end.
+"""Engine request streams for the local backend: one or several prompts run as engine
+requests, their outputs merged as they come.
 
 Contract: leaving `merged` early (a cancelled task, a closed stream) aborts every engine
-request it started; `collect` also aborts when the client disconnects (checked every
-DISCONNECT_POLL_S seconds) and raises a 499 APIError then.
+request it started.
 """
 
 from __future__ import annotations
@@ -11,14 +10,9 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 
-from fastapi import Request
-
-from fleetlm.openai.errors import APIError
 from fleetlm.engine.async_engine import AsyncLLM
 from fleetlm.engine.outputs import RequestOutput
 from fleetlm.engine.sampling_params import SamplingParams
-
-DISCONNECT_POLL_S = 0.25
 
 
 async def merged(llm: AsyncLLM, prompts: list[list[int]], params: SamplingParams, rid: str, *,
@@ -57,28 +51,3 @@ async def merged(llm: AsyncLLM, prompts: list[list[int]], params: SamplingParams
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-
-
-async def collect(llm: AsyncLLM, prompts: list[list[int]], params: SamplingParams, rid: str, raw: Request, *,
-                  lora_request=None, stop=None) -> dict[int, RequestOutput]:
-    """Run to completion; abort in the engine if the client disconnects meanwhile, or once
-    `stop(output)` says the output is complete (a tool reply that repeated a call)."""
-    finals: dict[int, RequestOutput] = {}
-
-    async def run():
-        stopping = False
-        async for i, out in merged(llm, prompts, params, rid, lora_request=lora_request):
-            finals[i] = out
-            if stop is not None and not stopping and not out.finished and stop(out):
-                stopping = True  # the engine ends it with finish_reason "abort"
-                llm.abort(f"{rid}-{i}")
-
-    task = asyncio.create_task(run())
-    while not task.done():
-        await asyncio.wait({task}, timeout=DISCONNECT_POLL_S)
-        if not task.done() and await raw.is_disconnected():
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-            raise APIError(499, "client disconnected")
-    task.result()
-    return finals

@@ -1,0 +1,185 @@
+"""The one place where a Target's chunks meet HTTP.
+
+Contract, for every chat and completion request whatever Target serves it:
+- **admission**: a request that may reach a local engine (`Target.engines()`) is admitted
+  only while fewer than `max_pending` such requests are in flight on that engine, else 429
+  with Retry-After; it holds its place until its answer is fully sent or it fails;
+- **JSON or SSE**: a non-streamed request gets the chunks added up (`collect_*`) as one JSON
+  body; a streamed one gets one SSE event per chunk (`sse_events`, the server's only SSE
+  writer), then the usage chunk if `stream_options.include_usage`, then `[DONE]`. Headers
+  are sent only after the first chunk, so an error before it is a real HTTP error (a router
+  has already fallen back by then); an error after it goes in-band, as OpenAI does. Every
+  answer names the model that served in `x-fleetlm-served-by`;
+- **the ledger**: the request is recorded once when it ends (`Metrics.record`): model asked,
+  model served, usage, cost, latency, status, and a program's sub-calls;
+- **disconnects**: the request's work runs as a task that is cancelled when the client goes
+  away (polled while nothing is sent yet; Starlette cancels a stream's writer), and closing
+  a Target's iterator aborts everything it started: engine rows, upstream streams, a
+  program's sub-calls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable
+from contextlib import aclosing
+
+from fastapi import Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+from fleetlm.api.metrics import Metrics, RequestRecord
+from fleetlm.catalog import Catalog
+from fleetlm.openai import format as fmt
+from fleetlm.openai.chunks import ChatChunk, Usage, collect_chat, collect_completion
+from fleetlm.openai.errors import APIError, ClientDisconnectedError, RateLimitError, UnavailableError, error_body
+
+log = logging.getLogger("fleetlm.api")
+
+DISCONNECT_POLL_S = 0.25
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+class Admission:
+    """In-flight requests per local engine, each engine's bounded by `limit`."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.in_flight: Counter[str] = Counter()
+
+    def enter(self, engines: frozenset[str]) -> None:
+        if any(self.in_flight[e] >= self.limit for e in engines):
+            raise RateLimitError("server is at capacity; retry shortly")
+        for e in engines:
+            self.in_flight[e] += 1
+
+    def leave(self, engines: frozenset[str]) -> None:
+        for e in engines:
+            self.in_flight[e] -= 1
+
+    @property
+    def total(self) -> int:
+        return sum(self.in_flight.values())
+
+
+class Dispatch:
+    def __init__(self, catalog: Catalog, metrics: Metrics, *, max_pending: int):
+        self.catalog, self.metrics = catalog, metrics
+        self.admission = Admission(max_pending)
+
+    async def chat(self, req, raw: Request) -> Response:
+        return await self._serve("chat", req, raw)
+
+    async def complete(self, req, raw: Request) -> Response:
+        return await self._serve("completions", req, raw)
+
+    async def _serve(self, endpoint: str, req, raw: Request) -> Response:
+        target = self.catalog.resolve(req.model)
+        engines = target.engines()
+        self.admission.enter(engines)
+        t0 = time.monotonic()
+        chat = endpoint == "chat"
+        chunks = target.chat(req) if chat else target.complete(req)
+        rid = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}"
+        rec = RequestRecord(endpoint, req.model, "", 499)
+        streaming = False
+        try:
+            if not req.stream:
+                result = await until_disconnect(raw, collect_chat(chunks) if chat else collect_completion(chunks))
+                rec.served_by, rec.usage, rec.timing, rec.calls = (result.served_by, result.usage, result.timing,
+                                                                   result.calls)
+                rec.status = 200
+                body = fmt.chat_completion(result, rid) if chat else fmt.text_completion(result, rid)
+                return JSONResponse(body, headers={"x-fleetlm-served-by": result.served_by})
+            try:
+                first = await until_disconnect(raw, anext(chunks))
+            except StopAsyncIteration:
+                raise UnavailableError(f"{req.model} gave no answer") from None
+            include_usage = bool(req.stream_options and req.stream_options.include_usage)
+            events = sse_events(first, chunks, rid=rid, include_usage=include_usage, record=rec)
+            streaming = True
+            return StreamingResponse(self._finishing(events, rec, engines, t0), media_type="text/event-stream",
+                                     headers={**SSE_HEADERS, "x-fleetlm-served-by": first.served_by})
+        except APIError as exc:
+            rec.status = exc.status
+            raise
+        except Exception:
+            rec.status = 500
+            raise
+        finally:
+            if not streaming:
+                await chunks.aclose()
+                self._end(rec, engines, t0)
+
+    async def _finishing(self, events: AsyncIterator[str], rec: RequestRecord, engines, t0: float):
+        try:
+            async with aclosing(events):
+                async for event in events:
+                    yield event
+        finally:
+            self._end(rec, engines, t0)
+
+    def _end(self, rec: RequestRecord, engines, t0: float) -> None:
+        self.admission.leave(engines)
+        rec.latency_s = time.monotonic() - t0
+        self.metrics.record(rec)
+
+
+async def until_disconnect(raw: Request, work: Awaitable):
+    """Await `work` as a task, cancelling it (and raising a 499) if the client goes away first."""
+    task = asyncio.ensure_future(work)
+    try:
+        while not task.done():
+            await asyncio.wait({task}, timeout=DISCONNECT_POLL_S)
+            if not task.done() and await raw.is_disconnected():
+                raise ClientDisconnectedError()
+        return task.result()
+    finally:
+        if not task.done():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+
+async def sse_events(first, chunks: AsyncIterator, *, rid: str, include_usage: bool,
+                     record: RequestRecord | None = None) -> AsyncIterator[str]:
+    """A Target's stream as SSE events, starting from its already-awaited `first` chunk; the
+    iterator is closed at the end, however it ends. `record` (if given) is filled in: who
+    served, usage, timing, sub-calls, and the status (200, an in-band error's, or 499)."""
+    kind = "chat.completion.chunk" if isinstance(first, ChatChunk) else "text_completion"
+    created = int(time.time())
+    served_by, usage = first.served_by, Usage()
+    rec = record or RequestRecord("", "", "", 499)
+    chunk = first
+    try:
+        while True:
+            if chunk.choices or chunk.extra:
+                yield _sse(fmt.stream_chunk(chunk, rid, created))
+            served_by = chunk.served_by or served_by
+            usage = chunk.usage or usage
+            rec.served_by, rec.usage = served_by, usage
+            rec.timing, rec.calls = chunk.timing or rec.timing, rec.calls + chunk.calls
+            try:
+                chunk = await anext(chunks)
+            except StopAsyncIteration:
+                break
+        if include_usage:
+            yield _sse(fmt.usage_chunk(kind, rid, served_by, usage, created))
+        rec.status = 200
+    except APIError as exc:  # headers are sent: report in-band, as OpenAI does
+        rec.status = exc.status
+        yield _sse(exc.body())
+    except Exception as exc:  # noqa: BLE001 - a bug below; the client still gets a clean end
+        log.exception("stream failed")
+        rec.status = 500
+        yield _sse(error_body(500, f"generation failed: {exc}"))
+    finally:
+        await chunks.aclose()
+    yield "data: [DONE]\n\n"
+
+
+def _sse(data: dict) -> str:
+    return f"data: {json.dumps(data, ensure_ascii=False)}\n\n"

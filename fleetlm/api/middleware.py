@@ -1,0 +1,97 @@
+"""HTTP middleware: request-body limit (413) and bearer-key auth (401), with request counts.
+
+Contract: a body over `max_bytes` is refused whether or not Content-Length is sent; with an
+API key configured, every path but OPEN_PATHS needs `Authorization: Bearer <key>` (compared
+in constant time). Every request is counted by route and status; unknown paths share one
+label, so random paths cannot grow the label set."""
+
+from __future__ import annotations
+
+import hmac
+
+from fastapi import FastAPI
+
+from fleetlm.api.errors import error_response
+from fleetlm.api.metrics import Metrics
+
+OPEN_PATHS = ("/health", "/metrics", "/docs", "/openapi.json")
+ROUTES = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/models")
+
+
+class BodyLimit:
+    """ASGI middleware: 413 for bodies over the limit, whether or not Content-Length is sent."""
+
+    def __init__(self, app, max_bytes: int):
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            return await self._reject(send)
+        seen = 0
+
+        async def limited():
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:
+                    raise _TooLarge()
+            return message
+
+        try:
+            await self.app(scope, limited, send)
+        except _TooLarge:
+            await self._reject(send)
+
+    async def _reject(self, send):
+        resp = error_response(413, f"request body larger than {self.max_bytes} bytes")
+        await send({"type": "http.response.start", "status": 413, "headers": resp.raw_headers})
+        await send({"type": "http.response.body", "body": resp.body})
+
+
+class _TooLarge(Exception):
+    pass
+
+
+class AuthAndCount:
+    """ASGI middleware: the bearer key check, and one count per request by route and status.
+    Plain ASGI (not Starlette's BaseHTTPMiddleware), so `Request.is_disconnected()` still
+    sees a client that goes away."""
+
+    def __init__(self, app, metrics: Metrics, api_key: str | None):
+        self.app, self.metrics, self.api_key = app, metrics, api_key
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        path = scope["path"]
+        label = path if path in ROUTES else "other"
+        if self.api_key and not path.startswith(OPEN_PATHS):
+            header = dict(scope.get("headers") or []).get(b"authorization", b"").decode("latin-1")
+            token = header[7:] if header.lower().startswith("bearer ") else ""
+            if not hmac.compare_digest(token.encode(), self.api_key.encode()):
+                self.metrics.requests.labels(label, "401").inc()
+                resp = error_response(401, "invalid or missing API key (Authorization: Bearer ...)",
+                                      code="invalid_api_key")
+                return await resp(scope, receive, send)
+        status = "500"  # if the app fails before it answers
+
+        async def counted(message):
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = str(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, counted)
+        finally:
+            self.metrics.requests.labels(label, status).inc()
+
+
+def install_middleware(app: FastAPI, metrics: Metrics, *, api_key: str | None, max_body_bytes: int) -> None:
+    """Body limit outermost, then auth and counting."""
+    app.add_middleware(AuthAndCount, metrics=metrics, api_key=api_key)
+    app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
