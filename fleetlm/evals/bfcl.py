@@ -21,6 +21,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from fleetlm.config import shared_data
+
 SINGLE_TURN_CATEGORIES = ("simple_python", "multiple", "parallel", "parallel_multiple", "irrelevance",
                           "live_simple", "live_multiple", "live_parallel", "live_parallel_multiple",
                           "live_irrelevance", "live_relevance")
@@ -45,8 +47,8 @@ _ILLEGAL = re.compile(r"[^a-zA-Z0-9_-]")
 
 
 def default_root() -> Path:
-    """``<repo>/../shared/data/function_calling/bfcl``."""
-    return Path(__file__).resolve().parents[2].parent / "shared" / "data" / "function_calling" / "bfcl"
+    """``shared_data("function_calling", "bfcl")``."""
+    return shared_data("function_calling", "bfcl")
 
 
 @dataclass

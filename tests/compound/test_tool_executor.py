@@ -11,6 +11,7 @@ import pytest
 from fleetlm.compound.tools.executor import ExecutorConfig, execute
 from fleetlm.compound.tools.plan import parse_plan, plan_from_nestful
 from fleetlm.compound.tools.registry import Tool
+from fleetlm.config import shared_data
 
 
 def run(coro):
@@ -155,7 +156,7 @@ def test_config_is_validated(kw):
         ExecutorConfig(**kw)
 
 
-DATA = Path(__file__).resolve().parents[3] / "shared" / "data" / "function_calling"
+DATA = shared_data("function_calling")
 
 
 @pytest.mark.slow  # reads the full NESTFUL and ParallelQA sets (small: about 2 s)

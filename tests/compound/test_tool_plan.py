@@ -2,14 +2,24 @@
 substitution, errors, widths, and NESTFUL's executable sequences when the data is present."""
 
 import json
-from pathlib import Path
 
 import pytest
 
-from fleetlm.compound.tools.plan import (Call, Plan, PlanError, Ref, Template, find_refs, format_plan,
-                                         parse_plan, plan_from_nestful, substitute)
+from fleetlm.compound.tools.plan import (
+    Call,
+    Plan,
+    PlanError,
+    Ref,
+    Template,
+    find_refs,
+    format_plan,
+    parse_plan,
+    plan_from_nestful,
+    substitute,
+)
+from fleetlm.config import shared_data
 
-NESTFUL = Path(__file__).resolve().parents[3] / "shared" / "data" / "function_calling" / "nestful"
+NESTFUL = shared_data("function_calling", "nestful")
 
 PLAN = """Thought: look both up, then compare.
 1. search(query="Mariana Trench depth", k=3)

@@ -114,7 +114,7 @@ def test_select_tools_budgets():
 
 @pytest.mark.slow
 def test_metatool_target_on_a_slice_of_the_split():
-    """Done-point 2 on a slice: learn from 4,000 single-tool + all two-tool queries of the
+    """The retrieval target on a slice: learn from 4,000 single-tool + all two-tool queries of the
     training half, score 300 single-tool and every two-tool query of the test half (the full
     run is benchmarks/tool_retrieval.py). Real MiniLM; about 4,800 embeddings."""
     import csv

@@ -11,7 +11,9 @@ from fleetlm.hardware.devices import CATALOG
 from fleetlm.hardware.perfmodel import NAMED_SHAPES, Perf
 from fleetlm.hardware.planner import instance_types, plan_validated, solve
 from fleetlm.hardware.simulator import SimPool, simulate
-from fleetlm.hardware.trace import SHARED_TRACE, Trace, bucketize, load_azure_trace
+from fleetlm.hardware.trace import Trace, bucketize, load_azure_trace, shared_trace
+
+SHARED_TRACE = shared_trace()
 
 L8 = NAMED_SHAPES["Llama-3.1-8B"]
 

@@ -4,17 +4,24 @@ name is a BFCL function name (BFCL is read here only to check that)."""
 
 import json
 import re
-from pathlib import Path
 
 import jsonschema
 import pytest
 
+from fleetlm.config import shared_data
 from fleetlm.tune.data import parse_example, plain_messages
 from fleetlm.tune.datagen import fc, fc_specs_modifiers
-from fleetlm.tune.datagen.fc_values import (CITY_COUNTRY, COMPOUNDING, CURRENCY_NAMES, MONTHS, NUMBER_WORDS,
-                                            SPANS, US_CITIES)
+from fleetlm.tune.datagen.fc_values import (
+    CITY_COUNTRY,
+    COMPOUNDING,
+    CURRENCY_NAMES,
+    MONTHS,
+    NUMBER_WORDS,
+    SPANS,
+    US_CITIES,
+)
 
-SHARED = Path(__file__).resolve().parents[3] / "shared" / "data" / "function_calling"
+SHARED = shared_data("function_calling")
 needs_data = pytest.mark.skipif(not (SHARED / "nestful").is_dir(),
                                 reason="public data not found at ../shared/data (see ../shared/data/SOURCES.md)")
 

@@ -24,13 +24,13 @@ import re
 import time
 from collections.abc import AsyncIterator
 
+from fleetlm.compound.tools.executor import ExecutorConfig, execute
+from fleetlm.compound.tools.plan import PlanError, parse_plan
+from fleetlm.compound.tools.registry import ToolRegistry, docs_tool, http_tool, python_tool, sql_tool
 from fleetlm.config import ToolAgentConfig
 from fleetlm.openai.chunks import ChatChunk, ChatDelta, ModelCard, SubCall, Usage, collect_chat
 from fleetlm.openai.errors import APIError, BadRequestError
 from fleetlm.openai.protocol import ChatCompletionRequest
-from fleetlm.compound.tools.executor import ExecutorConfig, execute
-from fleetlm.compound.tools.plan import PlanError, parse_plan
-from fleetlm.compound.tools.registry import ToolRegistry, docs_tool, http_tool, python_tool, sql_tool
 
 
 def build_tools(cfg: ToolAgentConfig, *, embedder=None) -> ToolRegistry:

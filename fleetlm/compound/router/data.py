@@ -49,14 +49,16 @@ from pathlib import Path
 
 import numpy as np
 
+from fleetlm.config import shared_data
+
 SPLITS = ("train", "test")
 ROUTERBENCH_TASKS = ("arc_challenge", "mbpp", "winograde")  # file stems as in the source
 LLMROUTER_OUTPUT_TOKENS = 128  # assumed response length for llmrouter costs (see above)
 
 
 def default_data_root() -> Path:
-    """``<repo>/../shared/data/routing``: where the project keeps public routing data."""
-    return Path(__file__).resolve().parents[3].parent / "shared" / "data" / "routing"
+    """``shared_data("routing")``: where the project keeps public routing data."""
+    return shared_data("routing")
 
 
 @dataclass(frozen=True)

@@ -37,8 +37,9 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from fleetlm.tune.datagen.common import write_jsonl
+from fleetlm.config import shared_data
 from fleetlm.tune.datagen import fc_specs, fc_specs_modifiers, fc_specs_more
+from fleetlm.tune.datagen.common import write_jsonl
 from fleetlm.tune.datagen.fc_specs import Spec
 from fleetlm.tune.datagen.fc_values import CITIES, LANGS, PEOPLE, TOPICS, date, gold, say
 
@@ -78,7 +79,7 @@ class Source:
 
 
 def data_root() -> Path:
-    return Path(__file__).resolve().parents[4] / "shared" / "data" / "function_calling"
+    return shared_data("function_calling")
 
 
 # ---------- the templated functions ----------
