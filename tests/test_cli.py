@@ -39,3 +39,23 @@ def test_interactive_chat_in_process(tiny_gemma):
     assert run.returncode == 0, run.stderr
     assert "in-process" in run.stderr
     assert run.stdout.count("you> ") == 3  # two turns answered, then the empty line ends it
+
+
+def test_a_missing_optional_dependency_names_its_extra(monkeypatch, capsys):
+    from fleetlm import cli
+
+    def needs_peft(args):
+        raise ModuleNotFoundError("No module named 'peft'", name="peft")
+
+    monkeypatch.setattr(cli, "cmd_models", needs_peft)
+    assert cli.main(["models"]) == 2
+    assert "pip install 'fleetlm[train]'" in capsys.readouterr().err
+
+
+def test_serve_flags_left_out_keep_the_dataclass_defaults():
+    from fleetlm.cli import _engine_config, build_parser
+    from fleetlm.config import EngineConfig
+
+    args = build_parser().parse_args(["serve", "--kv-cache-gb", "2"])
+    assert _engine_config(args) == EngineConfig(kv_cache_memory_gb=2.0)
+    assert args.port is None and args.max_num_seqs is None  # defaults live on the dataclasses
