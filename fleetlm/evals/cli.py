@@ -25,6 +25,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from fleetlm.config import default_of, given
 from fleetlm.evals.bfcl import (
     Question,
     build_request,
@@ -47,9 +48,11 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
     b.add_argument("--api-key", default=None)
     b.add_argument("--categories", default=DEFAULT_CATEGORIES, help="comma-separated BFCL categories")
     b.add_argument("--limit", type=int, default=None, help="first N questions of each category")
-    b.add_argument("--tool-choice", choices=["auto", "required"], default="auto")
-    b.add_argument("--concurrency", type=int, default=8, help="requests in flight")
-    b.add_argument("--max-tokens", type=int, default=512)
+    b.add_argument("--tool-choice", choices=["auto", "required"],
+                   help=f"tool_choice of every request {default_of(RunConfig, 'tool_choice')}")
+    b.add_argument("--concurrency", type=int, help=f"requests in flight {default_of(RunConfig, 'concurrency')}")
+    b.add_argument("--max-tokens", type=int,
+                   help=f"max_tokens of every request {default_of(RunConfig, 'max_tokens')}")
     b.add_argument("--timeout", type=float, default=300.0, help="seconds per request")
     b.add_argument("--data-root", default=None, help="BFCL data folder (default ../shared/data/...)")
     b.add_argument("--out", default=None, help="write per-question results here (JSON lines)")
@@ -176,7 +179,8 @@ def cmd_bfcl(args) -> int:
         categories = _categories(args.categories)
         root = Path(args.data_root) if args.data_root else None
         questions = [q for c in categories for q in load_category(c, root, limit=args.limit)]
-        config = RunConfig(args.model, args.tool_choice, args.max_tokens, args.concurrency)
+        config = given(RunConfig, model=args.model, tool_choice=args.tool_choice, max_tokens=args.max_tokens,
+                       concurrency=args.concurrency)
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -197,7 +201,7 @@ def cmd_bfcl(args) -> int:
     results = asyncio.run(main())
     if args.out:
         Path(args.out).write_text("".join(json.dumps(asdict(r)) + "\n" for r in results))
-    print(format_table(summarise(results), model=args.model, tool_choice=args.tool_choice))
+    print(format_table(summarise(results), model=args.model, tool_choice=config.tool_choice))
     if results and all(r.error_type == "request" for r in results):
         print(f"error: no request succeeded (first: {results[0].error})", file=sys.stderr)
         return 1

@@ -13,12 +13,16 @@ simulator) and, as its last line, `saving vs best single device type: NN%`.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 
+from fleetlm.config import EngineConfig, default_of, given
+
 
 def add_hardware_parser(subparsers) -> None:
+    # the performance model's defaults: perfmodel imports no torch, so `fleet --help` stays fast
+    from fleetlm.hardware.perfmodel import Perf
+
     h = subparsers.add_parser("hardware", help="device catalog, performance estimates, calibration")
     sub = h.add_subparsers(dest="hardware_command", required=True)
     d = sub.add_parser("devices", help="list the device catalog (and user devices)")
@@ -26,18 +30,20 @@ def add_hardware_parser(subparsers) -> None:
     d.add_argument("--local", action="store_true", help="also measure this machine (~3 s)")
     d.set_defaults(func=cmd_devices)
     e = sub.add_parser("estimate", help="TTFT, TPOT, tokens/s and $ per million tokens of a model on a device")
-    e.add_argument("--model", required=True, help="Llama-3.1-8B | Llama-3.1-70B | Qwen2.5-7B | Qwen2.5-72B | config.json")
+    e.add_argument("--model", required=True,
+                   help="Llama-3.1-8B | Llama-3.1-70B | Qwen2.5-7B | Qwen2.5-72B | config.json")
     e.add_argument("--device", required=True)
-    e.add_argument("--tp", type=int, default=1)
-    e.add_argument("--dtype", default="bf16", choices=["bf16", "fp8", "fp32"],
-                   help="fp32: weights, KV and matmuls in fp32 (the engine on a CPU without native bf16)")
+    e.add_argument("--tp", type=int, help=f"devices per replica (tensor parallel) {default_of(Perf, 'tp')}")
+    e.add_argument("--dtype", choices=["bf16", "fp8", "fp32"],
+                   help="fp32: weights, KV and matmuls in fp32 (the engine on a CPU without native bf16) "
+                        + default_of(Perf, "dtype"))
     e.add_argument("--prompt", type=int, default=1024)
     e.add_argument("--output", type=int, default=128)
     e.add_argument("--batch", type=int, default=1)
     e.add_argument("--config", help="fleet.toml with [[device]] tables")
     e.set_defaults(func=cmd_estimate)
     c = sub.add_parser("calibrate", help="fit the efficiency factors to this machine with fleetlm's engine")
-    c.add_argument("--model", default="gemma-3-270m", help="engine model (default: the embedded one)")
+    c.add_argument("--model", help=f"engine model {default_of(EngineConfig, 'model')}")
     c.add_argument("--repeats", type=int, default=3)
     c.add_argument("--out", help="write the fitted local device (JSON, Device fields) here")
     c.add_argument("--clock", default="cpu", choices=["cpu", "wall"],
@@ -51,7 +57,8 @@ def add_hardware_parser(subparsers) -> None:
     p.add_argument("--devices", help="comma-separated device names (default: every GPU in the catalog)")
     p.add_argument("--exclude", default="", help="comma-separated device names to leave out")
     p.add_argument("--config", help="fleet.toml with [[device]] tables (added to, or replacing, the catalog)")
-    p.add_argument("--dtype", default="bf16", choices=["bf16", "fp8", "fp32"])
+    p.add_argument("--dtype", choices=["bf16", "fp8", "fp32"],
+                   help=f"weights and matmuls; devices without a peak for it are left out {default_of(Perf, 'dtype')}")
     p.add_argument("--rate-scale", type=float, default=1.0, help="replay the trace this many times faster")
     p.add_argument("--slices", type=int, default=4, help="slices per bucket (finer: better packing, slower)")
     p.add_argument("--no-disaggregate", action="store_true", help="no prefill/decode split pools")
@@ -94,12 +101,12 @@ def cmd_estimate(args) -> int:
         print(f"error: unknown device {args.device!r}; known: {', '.join(devs)}", file=sys.stderr)
         return 2
     try:
-        perf = Perf(resolve_shape(args.model), devs[args.device], args.tp, dtype=args.dtype)
+        perf = given(Perf, shape=resolve_shape(args.model), device=devs[args.device], tp=args.tp, dtype=args.dtype)
         e = estimate(perf, prompt=args.prompt, output=args.output, batch=args.batch)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(f"{perf.shape.name} on {perf.name} ({args.dtype}): KV cache {perf.kv_capacity_tokens():,} tokens, "
+    print(f"{perf.shape.name} on {perf.name} ({perf.dtype}): KV cache {perf.kv_capacity_tokens():,} tokens, "
           f"largest batch at {args.prompt + args.output} tokens: {e.max_batch}")
     print(f"TTFT {1e3 * e.ttft_s:.1f} ms | TPOT {1e3 * e.tpot_s:.1f} ms at batch {args.batch} | "
           f"{e.output_tok_s:.0f} output tok/s | ${e.usd_per_mtok_output:.3f} per M output tokens, "
@@ -108,22 +115,22 @@ def cmd_estimate(args) -> int:
 
 
 def cmd_calibrate(args) -> int:
+    import os
     from dataclasses import asdict
 
     from fleetlm.hardware import calibrate as cal
     from fleetlm.hardware.devices import measure_local_cpu
     from fleetlm.hardware.perfmodel import shape_from_config
 
-    import os
-
     print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores; clock: {args.clock}", flush=True)
     print("measuring this machine's GEMM peaks (bf16, fp32) and memory bandwidth ...", flush=True)
     local = measure_local_cpu(now=cal.clock(args.clock))
     print(f"  bf16 {local.bf16_tflops * 1e3:.0f} GFLOP/s, fp32 {local.fp32_tflops * 1e3:.0f} GFLOP/s, "
           f"{local.mem_bw_gbps:.1f} GB/s ({local.source})", flush=True)
-    engine, points = cal.run_sweep(model=args.model, repeats=args.repeats, clock_kind=args.clock,
+    model = given(EngineConfig, model=args.model).model  # the sweep and the shape read below need the same id
+    engine, points = cal.run_sweep(model=model, repeats=args.repeats, clock_kind=args.clock,
                                    log=lambda m: print(m, flush=True))
-    shape = shape_from_config(engine.loaded.path if hasattr(engine.loaded, "path") else _model_dir(args.model))
+    shape = shape_from_config(engine.loaded.path if hasattr(engine.loaded, "path") else _model_dir(model))
     dtype = cal.engine_dtype(engine)  # weights and KV counted at the engine's bytes per element
     fitted = cal.fit(shape, local, points, dtype)
     within = cal.report(shape, local, points, fitted, dtype=dtype)
@@ -141,8 +148,11 @@ def _model_dir(model: str):
 
 
 def cmd_plan(args) -> int:
+    from fleetlm.hardware.perfmodel import Perf
     from fleetlm.hardware.report import run_plan
 
+    if args.dtype is None:  # run_plan reads the flag itself (and prints it): give it Perf's default
+        args.dtype = Perf.dtype
     try:
         return run_plan(args, _devices(args.config))
     except (ValueError, FileNotFoundError) as exc:

@@ -1,5 +1,5 @@
 """`router train` / `router eval` through a tiny argparse parser, on our JSONL format; and
-(slow) the routerbench_zs evaluation of issue 5."""
+(slow) the routerbench_zs evaluation."""
 
 import argparse
 import json
@@ -50,7 +50,7 @@ def test_train_then_eval_on_jsonl(tmp_path, capsys):
     assert _fleet(argv) == 0
     text = capsys.readouterr().out
     assert "APGR" in text and "oracle" in text
-    # Done-point 2's figure: what routing adds per request, timed on the test prompts.
+    # what routing adds per request, timed on the test prompts
     lat = next(l for l in text.splitlines() if l.startswith("routing latency per request"))
     assert "20 test prompts" in lat and "0+24 token window" in lat
     assert 0 < float(lat.split("p50 ")[1].split(" ms")[0]) < 10_000
@@ -101,14 +101,14 @@ def test_train_reads_the_window_it_is_given(tmp_path, capsys):
 @pytest.mark.slow
 @pytest.mark.skipif(not default_data_root().is_dir(), reason="routing data not found (SOURCES.md)")
 def test_routerbench_zs_eval(tmp_path, capsys):
-    """Issue 5's measurement: train on the train split, evaluate on test (about a minute)."""
+    """The routing measurement: train on the train split, evaluate on test (about a minute)."""
     out = tmp_path / "rb"
     assert _fleet(["router", "train", "--data", "routerbench_zs", "--out", str(out)]) == 0
     assert _fleet(["router", "eval", "--router", str(out), "--data", "routerbench_zs"]) == 0
     text = capsys.readouterr().out
     assert text.strip().splitlines()[-1].startswith("cost_at_best_quality: ")
-    # What the router must at least do: beat every single model's AIQ (the ≤ 0.30 target of
-    # issue 5 is not met yet; see benchmarks/results/router_eval.txt).
+    # What the router must at least do: beat every single model's AIQ (GPT-4's quality at
+    # <= 0.30 of its cost is not reached; see benchmarks/results/router_eval.txt).
     line = next(l for l in text.splitlines() if l.startswith("AIQ router"))
     fields = line.split()
     assert float(fields[2]) > float(fields[-1])

@@ -20,6 +20,8 @@ import json
 import sys
 from pathlib import Path
 
+from fleetlm.config import default_of, given
+
 
 def add_router_parser(subparsers) -> argparse.ArgumentParser:
     r = subparsers.add_parser("router", help="train and evaluate learned routers")
@@ -32,11 +34,14 @@ def add_router_parser(subparsers) -> argparse.ArgumentParser:
                    help="policy parameter, JSON value (e.g. --param k=40); repeatable")
     t.add_argument("--cost-clusters", type=int, default=16,
                    help="clusters of the per-query cost model; 0 = each model's flat mean cost")
-    t.add_argument("--head-tokens", type=int, default=None,
-                   help="prompt tokens the router reads from the start (default %d)" % _default_window()[0])
-    t.add_argument("--tail-tokens", type=int, default=None,
-                   help="prompt tokens the router reads from the end (default %d); a longer "
-                        "window costs routing latency" % _default_window()[1])
+    # The window's defaults live on EncoderConfig; encoder.py imports numpy but not torch.
+    from fleetlm.compound.router.encoder import EncoderConfig
+
+    t.add_argument("--head-tokens", type=int,
+                   help=f"prompt tokens the router reads from the start {default_of(EncoderConfig, 'head_tokens')}")
+    t.add_argument("--tail-tokens", type=int,
+                   help=f"prompt tokens the router reads from the end {default_of(EncoderConfig, 'tail_tokens')}; "
+                        "a longer window costs routing latency")
     t.add_argument("--out", required=True, help="router folder to write (e.g. routers/NAME)")
     lam = t.add_mutually_exclusive_group()
     lam.add_argument("--lam", type=float, default=0.0, help="cost weight λ (default 0: quality only)")
@@ -53,12 +58,6 @@ def add_router_parser(subparsers) -> argparse.ArgumentParser:
                    help="time routing on the first N test prompts, one at a time (default 200; 0: skip)")
     e.set_defaults(func=cmd_eval)
     return r
-
-
-def _default_window() -> tuple[int, int]:
-    from fleetlm.compound.router.encoder import EncoderConfig
-
-    return EncoderConfig.head_tokens, EncoderConfig.tail_tokens
 
 
 def _data_args(p: argparse.ArgumentParser) -> None:
@@ -96,9 +95,7 @@ def cmd_train(args) -> int:
     from fleetlm.compound.router.router import train_router
 
     try:
-        head, tail = _default_window()
-        window = EncoderConfig(head if args.head_tokens is None else args.head_tokens,
-                               tail if args.tail_tokens is None else args.tail_tokens)
+        window = given(EncoderConfig, head_tokens=args.head_tokens, tail_tokens=args.tail_tokens)
         examples = _load(args, "train")
         router = train_router(examples, policy=args.policy, params=_params(args.param),
                               encoder=RoutingEncoder(window), data_name=args.data, lam=args.lam,
