@@ -83,7 +83,8 @@ def build(llm, *, model_id: str, server: ServerConfig, fleet: FleetFile | None =
     """The fleet around one local engine (`llm`, an AsyncLLM served as `model_id`): its
     adapters (an engine started with LoRA: `server.adapters_dir` and runtime loads), then the
     upstreams, routers, pools and tool agents of `fleet` (a fleet.toml), each over the Targets
-    built before it. Invalid references are ValueErrors naming the table."""
+    built before it, and the compound programs (built-ins, `server.programs_dir`, installed
+    packages, `[[program]]` tables). Invalid references are ValueErrors naming the table."""
     import httpx
 
     from fleetlm.backends.local import AdapterSource, LocalTarget
@@ -103,11 +104,17 @@ def build(llm, *, model_id: str, server: ServerConfig, fleet: FleetFile | None =
         from fleetlm.backends.pools import build_pools
 
         targets += build_pools(fleet.pools, {t.model_id: t for t in targets})
-    if fleet.tool_agents:  # last: a planner or joiner may be a router or a pool
+    if fleet.tool_agents:  # a planner or joiner may be a router or a pool
         from fleetlm.compound.programs.tool_agent import build_tool_agent
 
         by_id = {t.model_id: t for t in targets}
         targets += [build_tool_agent(cfg, by_id, embedder=embedder) for cfg in fleet.tool_agents]
+    from fleetlm.compound.programs.loader import build_programs
+
+    # programs resolve model ids at call time, through the finished catalog (any Target, other programs too)
+    targets += build_programs(fleet.programs, programs_dir=server.programs_dir,
+                              resolve=lambda model: out.catalog.resolve(model), default_model=model_id,
+                              engines=frozenset(out.engines))
     sources = []
     if llm.engine.lora_pool is not None:
         from fleetlm.backends.adapters import AdapterRegistry

@@ -78,7 +78,7 @@ def cmd_serve(args) -> int:
     server = given(ServerConfig, host=args.host, port=args.port, adapters_dir=args.adapters_dir,
                     max_tools=args.max_tools, api_key=args.api_key or os.environ.get("FLEETLM_API_KEY") or None,
                     served_model_name=args.served_model_name, max_pending_requests=args.max_pending_requests,
-                    enable_embeddings=False if args.no_embeddings else None)
+                    enable_embeddings=False if args.no_embeddings else None, programs_dir=args.programs_dir)
     fleet_file = None
     if args.config:
         from fleetlm.config import load_fleet_toml
@@ -239,10 +239,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-lora-rank", type=int, help=default_of(EngineConfig, "max_lora_rank"))
     s.add_argument("--max-tools", type=int,
                    help="requests with more tools keep only the most relevant N (tool retrieval)")
+    s.add_argument("--programs-dir", help="folder of .py files whose @program functions are served as "
+                                         "compound/<name>")
     s.add_argument("--config",
                    help="fleet.toml with [[upstream]] servers (upstream/<name>/<model>), "
                         "[[router]]s (router/<name>), [[pool]]s (one model id, routed by prompt length) "
-                        "and [[tool_agent]]s (compound/<name>)")
+                        "[[tool_agent]]s and [[program]]s (compound/<name>)")
     s.set_defaults(func=cmd_serve)
 
     from fleetlm.compound.router.cli import add_router_parser

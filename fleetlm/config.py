@@ -131,6 +131,9 @@ class ServerConfig(FromDict):
     adapter_rescan_s: float = 2.0
     # Tool budget: requests with more tools keep the most relevant max_tools (None: all).
     max_tools: int | None = None
+    # Compound programs: a folder of .py files whose @program functions are served as
+    # compound/<name> (a broken file is logged and skipped; the others still load).
+    programs_dir: str | None = None
 
     def __post_init__(self):
         if not 0 < self.port < 65536:
@@ -310,6 +313,40 @@ class ToolAgentConfig(FromDict):
             raise ValueError(f"tool agent {self.name}: configure at least one tool (tools, http, sqlite or docs)")
 
 
+@dataclass(kw_only=True)
+class Budget(FromDict):
+    """What one request to a compound program may spend; None: no limit. A program over its
+    budget is stopped with a 4xx naming the limit."""
+
+    max_calls: int | None = 64  # model calls (each sample of a fork counts)
+    max_tokens: int | None = None  # prompt + completion tokens over all calls
+    max_usd: float | None = None  # cost at the served models' prices
+    max_seconds: float | None = 300.0  # wall time of the whole program
+
+    def __post_init__(self):
+        for name in ("max_calls", "max_tokens", "max_usd", "max_seconds"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise ValueError(f"budget {name} must be > 0 or unset, got {value}")
+
+
+@dataclass(kw_only=True)
+class ProgramConfig(FromDict):
+    """`[[program]]`: a registered program (built-in, from --programs-dir or an installed
+    package) served as `compound/<name>` with its keyword arguments fixed."""
+
+    name: str  # served as compound/<name>
+    program: str  # the registered program's name
+    params: dict = field(default_factory=dict)  # keyword arguments of the program function
+    budget: Budget = field(default_factory=Budget)  # `[program.budget]`: dicts are converted
+
+    def __post_init__(self):
+        if not re.fullmatch(r"[A-Za-z0-9][\w.\-]*", self.name):
+            raise ValueError(f"program name {self.name!r}: letters, digits, '_', '.', '-' only")
+        if isinstance(self.budget, dict):
+            self.budget = Budget.from_dict(self.budget, label=f"program {self.name}: budget")
+
+
 @dataclass
 class FleetFile:
     """A fleet.toml, every table validated into its dataclass."""
@@ -319,17 +356,19 @@ class FleetFile:
     pools: list[PoolConfig] = field(default_factory=list)
     devices: list[Device] = field(default_factory=list)  # for `fleet plan` / `fleet hardware`
     tool_agents: list[ToolAgentConfig] = field(default_factory=list)
+    programs: list[ProgramConfig] = field(default_factory=list)
 
 
 # fleet.toml table -> (its dataclass, FleetFile field, the key that must be unique)
 TABLES = {"upstream": (UpstreamConfig, "upstreams", "name"), "router": (RouterConfig, "routers", "name"),
           "pool": (PoolConfig, "pools", "model"), "device": (Device, "devices", "name"),
-          "tool_agent": (ToolAgentConfig, "tool_agents", "name")}
+          "tool_agent": (ToolAgentConfig, "tool_agents", "name"), "program": (ProgramConfig, "programs", "name")}
 
 
 def load_fleet_toml(path: str) -> FleetFile:
-    """Read a fleet.toml (`[[upstream]]`, `[[router]]`, `[[pool]]`, `[[device]]` and
-    `[[tool_agent]]` tables) into typed configs; unknown tables or keys are errors."""
+    """Read a fleet.toml (`[[upstream]]`, `[[router]]`, `[[pool]]`, `[[device]]`,
+    `[[tool_agent]]` and `[[program]]` tables) into typed configs; unknown tables or keys are
+    errors."""
     import tomllib
 
     with open(path, "rb") as f:

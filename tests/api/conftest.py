@@ -36,21 +36,31 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(model_folder, *, embedder=None, upstreams=(), routers=(), pools=(),
-                 tool_agents=(), engine_kw: dict | None = None, **server_kw):
-    """engine_kw: extra EngineConfig fields (e.g. enable_lora); server_kw: ServerConfig fields."""
+def start_server(model_folder, *, model_id: str = "tiny", embedder=None, upstreams=(), routers=(), pools=(),
+                 tool_agents=(), programs=(), engine_kw: dict | None = None, **server_kw):
+    """engine_kw: EngineConfig fields (default: fp32, a 256-token context); server_kw:
+    ServerConfig fields. `model_id`: the local model's public id."""
     import uvicorn
 
-    llm = AsyncLLM(EngineConfig(model=str(model_folder), dtype="float32", **{"max_model_len": 256, **(engine_kw or {})}))
+    llm = AsyncLLM(EngineConfig(model=str(model_folder), **{"dtype": "float32", "max_model_len": 256,
+                                                            **(engine_kw or {})}))
     config = ServerConfig(port=free_port(), **server_kw)
-    fleet = FleetFile(list(upstreams), list(routers), list(pools), tool_agents=list(tool_agents))
-    app = app_for_engine(llm, model_id="tiny", config=config, fleet_file=fleet, embedder=embedder)
+    fleet = FleetFile(list(upstreams), list(routers), list(pools), tool_agents=list(tool_agents),
+                      programs=list(programs))
+    app = app_for_engine(llm, model_id=model_id, config=config, fleet_file=fleet, embedder=embedder)
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=config.port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     base = f"http://127.0.0.1:{config.port}"
     wait_healthy(base, timeout=30)
-    return RunningServer(base, llm, "tiny", config.api_key), server, thread
+    return RunningServer(base, llm, model_id, config.api_key), server, thread
+
+
+def start_gemma_server(**engine_kw):
+    """start_server on the real embedded gemma-3-270m (its default dtype), as `gemma-3-270m`."""
+    from fleetlm.models.embedded import ensure_default_model
+
+    return start_server(ensure_default_model(), model_id="gemma-3-270m", engine_kw={"dtype": "auto", **engine_kw})
 
 
 def wait_healthy(base_url: str, *, timeout: float) -> None:

@@ -151,22 +151,22 @@ def wait_idle(llm, timeout: float = 10.0) -> float:
     raise AssertionError(f"engine still busy after {timeout} s: {llm.stats()}")
 
 
-def wait_running(llm, timeout: float = 10.0) -> None:
+def wait_running(llm, rows: int = 1, timeout: float = 10.0) -> None:
     t0 = time.monotonic()
-    while llm.stats().running == 0:
+    while llm.stats().running < rows:
         assert time.monotonic() - t0 < timeout, "the request never reached the engine"
         time.sleep(0.01)
 
 
-def hang_up_mid_request(base_url: str, body: dict, llm) -> None:
-    """POST a chat request over a raw socket and close it once the engine is running it
-    (the tool agent sends its headers only with its answer, so a client cannot wait for them)."""
+def hang_up_mid_request(base_url: str, body: dict, llm, rows: int = 1) -> None:
+    """POST a chat request over a raw socket and close it once the engine runs `rows` rows
+    for it (a program sends its headers only with its answer, so a client cannot wait for them)."""
     host, port = base_url.removeprefix("http://").split(":")
     payload = json.dumps(body).encode()
     with socket.create_connection((host, int(port))) as sock:
         sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                      b"Content-Length: %d\r\n\r\n%s" % (len(payload), payload))
-        wait_running(llm)
+        wait_running(llm, rows)
 
 
 @pytest.mark.parametrize("model", ["router/r", "compound/agent"])

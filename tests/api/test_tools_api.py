@@ -11,7 +11,7 @@ import httpx
 import jsonschema
 import pytest
 
-from tests.api.conftest import RunningServer, free_port, wait_healthy
+from tests.api.conftest import RunningServer, free_port, start_gemma_server, wait_healthy
 
 
 def fn(name, properties=None, required=(), description=""):
@@ -210,23 +210,9 @@ BFCL_PER_CATEGORY = 8  # 40 questions, the first 8 of each category: 70-90 s wit
 
 @pytest.fixture(scope="module")
 def gemma_server():
-    import uvicorn
-
-    from fleetlm.api.server import app_for_engine
-    from fleetlm.config import EngineConfig, ServerConfig
-    from fleetlm.engine.async_engine import AsyncLLM
-    from fleetlm.models.embedded import ensure_default_model
-
-    llm = AsyncLLM(EngineConfig(model=str(ensure_default_model()), max_model_len=4096))
-    llm.engine.grammar().prepare()
-    server_config = ServerConfig(port=free_port())
-    app = app_for_engine(llm, model_id="gemma-3-270m", config=server_config)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=server_config.port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    base = f"http://127.0.0.1:{server_config.port}"
-    wait_healthy(base, timeout=120)
-    yield RunningServer(base, llm, "gemma-3-270m", None)
+    running, server, thread = start_gemma_server(max_model_len=4096)
+    running.llm.engine.grammar().prepare()
+    yield running
     server.should_exit = True
     thread.join(10)
 

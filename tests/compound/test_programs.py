@@ -1,0 +1,340 @@
+"""Compound programs: `Ctx` and `ProgramTarget` on scripted Targets (as DSPy's DummyLM), the
+safe arithmetic evaluator, the built-ins' logic, and the loaders. Real-model and HTTP tests
+are in tests/api/test_programs_api.py."""
+
+from __future__ import annotations
+
+import asyncio
+import textwrap
+
+import pytest
+
+from fleetlm.compound.programs import Streamed, majority, program
+from fleetlm.compound.programs.arith import ExpressionError, evaluate, format_number
+from fleetlm.compound.programs.builtin import cascade, normalise, pot, sc
+from fleetlm.compound.programs.ctx import BudgetExceededError, ProgramError
+from fleetlm.compound.programs.loader import build_programs, load_dir
+from fleetlm.compound.programs.target import ProgramTarget
+from fleetlm.config import Budget, ProgramConfig
+from fleetlm.openai.chunks import ChatChunk, ChatDelta, CompletionChunk, CompletionDelta, ModelCard, Usage, collect_chat
+from fleetlm.openai.errors import APIError, BadRequestError, NotFoundError
+from fleetlm.openai.protocol import ChatCompletionRequest
+
+
+class Echo:
+    """A scripted Target: answers with canned texts (cycling), n choices when asked; counts calls."""
+
+    def __init__(self, model_id="m", replies=("a",), *, refuses_n=False, delay=0.0, usage=(10, 5)):
+        self.model_id, self.replies, self.refuses_n, self.delay, self.usage = model_id, list(replies), refuses_n, \
+            delay, usage
+        self.requests = []
+        self.cancelled = 0
+
+    def card(self):
+        return ModelCard(self.model_id)
+
+    def engines(self):
+        return frozenset()
+
+    def _next(self):
+        return self.replies[(len(self.requests) - 1) % len(self.replies)]
+
+    async def chat(self, req):
+        self.requests.append(req)
+        text = self._next()  # chosen now: concurrent calls get different replies
+        if req.n > 1 and self.refuses_n:
+            raise BadRequestError("n is not supported", param="n")
+        try:
+            await asyncio.sleep(self.delay)
+        except asyncio.CancelledError:
+            self.cancelled += 1
+            raise
+        texts = [text] if req.n == 1 else [self.replies[i % len(self.replies)] for i in range(req.n)]
+        for i, t in enumerate(texts):
+            yield ChatChunk(served_by=self.model_id, choices=[ChatDelta(i, "assistant", t)])
+        yield ChatChunk(served_by=self.model_id, choices=[ChatDelta(i, finish_reason="stop") for i in range(req.n)],
+                        usage=Usage(self.usage[0], self.usage[1] * req.n, 0, 0.001))
+
+    async def complete(self, req):
+        self.requests.append(req)
+        yield CompletionChunk(served_by=self.model_id, choices=[CompletionDelta(0, self._next(), None, "stop")],
+                              usage=Usage(*self.usage))
+
+
+def fleet(*targets):
+    by_id = {t.model_id: t for t in targets}
+
+    def resolve(model):
+        if model not in by_id:
+            raise NotFoundError(f"no {model}")
+        return by_id[model]
+
+    return resolve
+
+
+def run_program(fn, resolve, messages="q", *, budget=None, stream=False, **params):
+    target = ProgramTarget("p", fn, resolve=resolve, default_model="m", engines=frozenset(), params=params,
+                           budget=budget)
+    req = ChatCompletionRequest(model="compound/p", messages=[{"role": "user", "content": messages}], stream=stream)
+
+    async def go():
+        return [c async for c in target.chat(req)]
+
+    return asyncio.run(go())
+
+
+def result_of(chunks):
+    async def gen():
+        for c in chunks:
+            yield c
+
+    return asyncio.run(collect_chat(gen()))
+
+
+# ---- Ctx -------------------------------------------------------------------------------
+def test_usage_is_the_sum_of_the_calls_and_the_trace_names_them():
+    m, big = Echo("m", ["x"], usage=(10, 5)), Echo("big", ["y"], usage=(100, 20))
+
+    @program("two")
+    async def two(ctx, messages):
+        a = await ctx.chat("m", messages)
+        b = await ctx.chat("big", [{"role": "user", "content": a.text}])
+        ctx.step("done", seen=[a.text, b.text])
+        return a.text + b.text
+
+    r = result_of(run_program(two, fleet(m, big)))
+    assert r.text == "xy" and r.served_by == "compound/p"
+    assert (r.usage.prompt_tokens, r.usage.completion_tokens) == (110, 25)
+    assert r.usage.cost_usd == pytest.approx(0.002)
+    assert [(c.model, c.served_by, c.usage.total_tokens) for c in r.calls] == [("m", "m", 15), ("big", "big", 120)]
+    trace = r.extra["fleetlm_trace"]
+    assert [s["name"] for s in trace["steps"]] == ["done"] and trace["steps"][0]["seen"] == ["x", "y"]
+    assert [c["model"] for c in trace["calls"]] == ["m", "big"] and trace["wall_s"] >= 0
+
+
+def test_budgets_stop_a_runaway_program_with_a_4xx_naming_the_limit():
+    @program("loop")
+    async def loop(ctx, messages):
+        while True:
+            await ctx.chat("m", messages, temperature=1.0)
+
+    for budget, limit in ((Budget(max_calls=3), "max_calls"), (Budget(max_tokens=40), "max_tokens"),
+                          (Budget(max_usd=0.0025), "max_usd")):
+        with pytest.raises(BudgetExceededError) as err:
+            run_program(loop, fleet(Echo()), budget=budget)
+        assert err.value.status == 400 and err.value.param == f"budget.{limit}" and limit in err.value.message
+
+    @program("slow")
+    async def slow(ctx, messages):
+        return (await ctx.chat("m", messages)).text
+
+    slow_m = Echo(delay=5)
+    with pytest.raises(BudgetExceededError, match="max_seconds=0.2"):
+        run_program(slow, fleet(slow_m), budget=Budget(max_seconds=0.2))
+    assert slow_m.cancelled == 1  # the call in flight was cancelled with the program
+
+
+def test_deterministic_calls_are_cached_and_rollouts_are_not_collapsed():
+    m = Echo(replies=["a", "b", "c"])
+
+    @program("c")
+    async def cached(ctx, messages):
+        same = [(await ctx.chat("m", messages, temperature=0)).text for _ in range(3)]
+        rolled = [(await ctx.chat("m", messages, temperature=0, rollout=i)).text for i in range(2)]
+        sampled = [(await ctx.chat("m", messages, temperature=0.9)).text for _ in range(2)]
+        return ",".join(same + rolled + sampled)
+
+    r = result_of(run_program(cached, fleet(m)))
+    assert r.text == "a,a,a,b,c,a,b" and len(m.requests) == 5 and len(r.calls) == 5
+
+
+def test_fork_is_one_request_or_n_calls_for_targets_that_refuse_n():
+    @program("f")
+    async def f(ctx, messages):
+        return "|".join(await ctx.fork("m", messages, n=3, temperature=0.7))
+
+    one = Echo(replies=["p", "q", "r"])
+    assert result_of(run_program(f, fleet(one))).text == "p|q|r" and len(one.requests) == 1
+    many = Echo(replies=["p", "q", "r"], refuses_n=True)
+    r = result_of(run_program(f, fleet(many)))
+    assert sorted(r.text.split("|")) == ["p", "q", "r"] and len(many.requests) == 4  # the refused one, then 3
+    with pytest.raises(BudgetExceededError):  # each sample counts as a call
+        run_program(f, fleet(Echo()), budget=Budget(max_calls=2))
+
+
+def test_gather_runs_concurrently_and_a_failure_cancels_the_rest():
+    slow, bad = Echo("slow", delay=0.3), Echo("bad", delay=0.0)
+
+    async def explode(req):
+        raise APIError(503, "down")
+        yield
+
+    bad.chat = explode
+
+    @program("g")
+    async def g(ctx, messages):
+        out = await ctx.gather(*(ctx.chat("slow", messages, rollout=i) for i in range(4)))
+        return str(len(out))
+
+    @program("h")
+    async def h(ctx, messages):
+        await ctx.gather(ctx.chat("slow", messages), ctx.chat("bad", messages))
+
+    import time
+
+    t0 = time.monotonic()
+    assert result_of(run_program(g, fleet(slow))).text == "4"
+    assert time.monotonic() - t0 < 0.9  # four 0.3 s calls at once, not one after another
+    with pytest.raises(APIError, match="bad failed \\(HTTP 503\\)") as err:
+        run_program(h, fleet(slow, bad))
+    assert err.value.status == 502 and slow.cancelled == 1
+
+
+def test_select_and_the_programs_own_errors():
+    m = Echo(replies=['"blue"'])
+
+    @program("s")
+    async def s(ctx, messages):
+        return await ctx.select("m", messages, ["red", "blue"])
+
+    assert result_of(run_program(s, fleet(m))).text == "blue"
+    assert m.requests[0].response_format.json_schema.schema_ == {"enum": ["red", "blue"]}
+
+    @program("u")
+    async def unknown(ctx, messages):
+        return (await ctx.chat("nope", messages)).text
+
+    @program("r")
+    async def raises(ctx, messages):
+        return 1 / 0
+
+    @program("w")
+    async def wrong_type(ctx, messages):
+        return 42
+
+    for fn, match in ((unknown, "calls 'nope', which this server does not serve"),
+                      (raises, "ZeroDivisionError"), (wrong_type, "returned int")):
+        with pytest.raises(ProgramError, match=match) as err:
+            run_program(fn, fleet(m))
+        assert err.value.status == 500 and err.value.code == "program_error"
+
+
+def test_streaming_sends_steps_and_a_streamed_answer_keeps_its_deltas():
+    m = Echo(replies=["streamed answer"])
+
+    @program("st")
+    async def st(ctx, messages):
+        ctx.step("plan", note=object())  # not JSON: recorded as its text
+        return ctx.stream("m", messages, max_tokens=8)
+
+    chunks = run_program(st, fleet(m), stream=True)
+    assert chunks[0].extra["fleetlm_step"]["name"] == "plan" and not chunks[0].choices
+    assert isinstance(chunks[0].extra["fleetlm_step"]["note"], str)
+    assert all(c.served_by == "compound/p" for c in chunks)
+    r = result_of(chunks)
+    assert r.text == "streamed answer" and r.usage.total_tokens == 15 and len(r.calls) == 1
+    assert m.requests[0].stream and m.requests[0].max_tokens == 8
+    assert isinstance(Streamed("m", m.requests[0]), Streamed)
+
+
+def test_majority_and_normalise():
+    assert majority(["Paris.", "paris", "Rome"], key=normalise) == ("Paris.", {"paris": 2, "rome": 1})
+    assert majority(["a", "b"]) == ("a", {"a": 1, "b": 1})  # a tie: the first seen
+    assert majority([]) == ("", {})
+
+
+# ---- the arithmetic evaluator ----------------------------------------------------------
+@pytest.mark.parametrize("text, value", [("7 * 3", 21), ("45 - 9 * 3", 18), ("(2 + 3) ** 2", 25),
+                                          ("7 / 2", 3.5), ("-4 // 3", -2), ("sqrt(16) + abs(-1)", 5.0),
+                                          ("3 × 4", 12), ("2^10", 1024), ("10 % 4.", 2)])
+def test_arithmetic(text, value):
+    assert evaluate(text) == value
+
+
+@pytest.mark.parametrize("text", ["__import__('os').system('x')", "open('f')", "x + 1", "[1] * 9", "lambda: 1",
+                                  "2 ** 1000", "(10 ** 10) ** 10", "9" * 600, "1 / 0", "(-1) ** 0.5",
+                                  "().__class__", "f'{1}'", ""])
+def test_hostile_expressions_are_refused_fast(text):
+    with pytest.raises(ExpressionError):
+        evaluate(text)
+
+
+def test_format_number():
+    assert [format_number(v) for v in (12.0, 2 / 3, 7, -0.5)] == ["12", "0.666667", "7", "-0.5"]
+
+
+# ---- built-ins -------------------------------------------------------------------------
+def test_sc_takes_the_normalised_majority():
+    m = Echo(replies=["Lyon", "lyon.", "Paris", " LYON ", "Nice"])
+    r = result_of(run_program(sc, fleet(m), n=5))
+    assert r.text == "Lyon" and r.extra["fleetlm_trace"]["steps"][0]["votes"]["lyon"] == 3
+    assert m.requests[0].n == 5 and m.requests[0].temperature == 0.7
+
+
+def test_pot_computes_what_the_model_writes():
+    m = Echo(replies=[" 12 * 4 + 3"])
+    r = result_of(run_program(pot, fleet(m), "A box holds 12 eggs. How many eggs are in 4 boxes and 3 more?"))
+    assert r.text == "51" and "Question: A box holds 12 eggs" in m.requests[0].prompt
+    assert r.extra["fleetlm_trace"]["steps"][0] == {"name": "evaluate", "t_s": pytest.approx(0, abs=1),
+                                                     "expression": "12 * 4 + 3", "value": "51"}
+    bad = Echo(replies=["import os"])
+    assert "could not compute" in result_of(run_program(pot, fleet(bad))).text
+
+
+def test_cascade_escalates_only_when_the_check_fails():
+    small, big = Echo("small", ["not a number"]), Echo("big", ["42"])
+    r = result_of(run_program(cascade, fleet(small, big), models=["small", "big"], check="number"))
+    assert r.text == "42" and [s["escalated"] for s in r.extra["fleetlm_trace"]["steps"]] == [False, True]
+    ok = Echo("small", ["7"])
+    r = result_of(run_program(cascade, fleet(ok, big), models=["small", "big"], check="number"))
+    assert r.text == "7" and not big.requests[1:]  # the big model was asked only the first time
+
+
+# ---- loaders ---------------------------------------------------------------------------
+def test_a_programs_folder_loads_what_it_can_and_names_the_broken_file(tmp_path):
+    (tmp_path / "good.py").write_text(textwrap.dedent('''
+        from fleetlm.compound.programs import program
+
+        @program("hello")
+        async def hello(ctx, messages, *, who="world"):
+            return f"hello {who}"
+    '''))
+    (tmp_path / "broken.py").write_text("import no_such_module_anywhere\n")
+    (tmp_path / "twice.py").write_text(textwrap.dedent('''
+        from fleetlm.compound.programs import program
+
+        @program("hello")
+        async def again(ctx, messages):
+            return "again"
+    '''))
+    found, errors = load_dir(tmp_path)
+    assert list(found) == ["hello"]
+    assert any("broken.py" in e and "ModuleNotFoundError" in e for e in errors)
+    assert any("twice.py" in e and "already defined" in e for e in errors)
+    targets = build_programs([ProgramConfig(name="hi-you", program="hello", params={"who": "you"})],
+                             programs_dir=str(tmp_path), resolve=fleet(), default_model="m", engines=frozenset())
+    by_id = {t.model_id: t for t in targets}
+    assert {"compound/hello", "compound/hi-you", "compound/sc", "compound/pot", "compound/cascade"} <= set(by_id)
+    assert result_of(run_program(by_id["compound/hi-you"].fn, fleet(), who="you")).text == "hello you"
+    with pytest.raises(ValueError, match="no program 'nope'"):
+        build_programs([ProgramConfig(name="x", program="nope")], programs_dir=None, resolve=fleet(),
+                       default_model="m", engines=frozenset())
+
+
+def test_installed_packages_register_programs_through_entry_points(tmp_path, monkeypatch):
+    pkg = tmp_path / "acme_programs.py"
+    pkg.write_text("from fleetlm.compound.programs import program\n\n@program('acme')\n"
+                   "async def acme(ctx, messages):\n    return 'from a package'\n")
+    dist = tmp_path / "acme_programs-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: acme-programs\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text("[fleetlm.programs]\nacme = acme_programs\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    targets = build_programs([], programs_dir=None, resolve=fleet(), default_model="m", engines=frozenset())
+    acme = next(t for t in targets if t.model_id == "compound/acme")
+    assert result_of(run_program(acme.fn, fleet())).text == "from a package"
+
+
+def test_program_decorator_refuses_plain_functions():
+    with pytest.raises(TypeError, match="async"):
+        program("x")(lambda ctx, messages: "no")
