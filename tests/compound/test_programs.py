@@ -11,7 +11,7 @@ import pytest
 
 from fleetlm.compound.programs import Streamed, majority, program
 from fleetlm.compound.programs.arith import ExpressionError, evaluate, format_number
-from fleetlm.compound.programs.builtin import cascade, normalise, pot, sc
+from fleetlm.compound.programs.builtin import cascade, normalise, pot, recompute, sc, step_expressions
 from fleetlm.compound.programs.ctx import BudgetExceededError, ProgramError
 from fleetlm.compound.programs.loader import build_programs, load_dir
 from fleetlm.compound.programs.target import ProgramTarget
@@ -279,6 +279,16 @@ def test_pot_computes_what_the_model_writes():
                                                      "expression": "12 * 4 + 3", "value": "51"}
     bad = Echo(replies=["import os"])
     assert "could not compute" in result_of(run_program(pot, fleet(bad))).text
+
+
+def test_pot_recomputes_an_experts_steps():
+    slip = Echo(replies=["8 x 9 = 72. 72 + 7 = 85. 85 - 38 = 53. The answer is 53."])  # 72 + 7 is 79
+    r = result_of(run_program(pot, fleet(slip), "8 packs of 9, 7 loose, 38 given away?", mode="steps"))
+    assert r.text == "41" and "Problem: 8 packs of 9" in slip.requests[0].messages[0].content
+    assert recompute(step_expressions("12 x 7 = 84. 84 - 4 = 78. The answer is 78.")) == 80
+    assert recompute(["max(2, 3) * 2"]) == 6  # a bare expression
+    with pytest.raises(ExpressionError):
+        recompute(step_expressions("I think the answer is 12."))
 
 
 def test_cascade_escalates_only_when_the_check_fails():

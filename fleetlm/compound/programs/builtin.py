@@ -1,8 +1,8 @@
 """Built-in programs, each a small function on the same `Ctx` API a developer uses.
 
 - `sc` (self-consistency): n samples of one answer, the majority after normalising.
-- `pot` (program of thought): the model writes an arithmetic expression, a safe evaluator
-  (`arith.evaluate`, no `eval`) computes it.
+- `pot` (program of thought): the model writes an arithmetic expression, or steps, and a
+  safe evaluator (`arith.evaluate`, no `eval`) computes them.
 - `cascade`: a cheap model answers; if its answer fails a check, a stronger one does.
 
 `model=None` means the server's local base model (`ctx.default_model`).
@@ -54,18 +54,59 @@ Question: {question}
 Arithmetic:"""
 
 
+STEPS_PROMPT = "Solve the problem step by step, then give the result as 'The answer is N.'\n\nProblem: {question}"
+_STEP = re.compile(r"^(?P<lhs>[-+*/x×÷()\d\s.]+?)\s*=\s*(?P<claimed>-?\d+(?:\.\d+)?)$")
+_NUMBER = re.compile(r"\d+(?:\.\d+)?")
+
+
 @program("pot")
-async def pot(ctx: Ctx, messages, *, model: str | None = None, max_tokens: int = 48) -> str:
-    question = last_user_text(messages)
-    result = await ctx.complete(model or ctx.default_model, POT_PROMPT.format(question=question),
-                                max_tokens=max_tokens, temperature=0, stop=["\n"])
-    expression = result.text.strip()
+async def pot(ctx: Ctx, messages, *, model: str | None = None, mode: str = "expression", max_tokens: int = 96) -> str:
+    """mode "expression": the model writes one expression (few-shot, for a base model);
+    mode "steps": the model writes steps "A op B = C." (as the arith-steps expert does) and
+    each step is recomputed, later steps using the recomputed values, so a slip in the
+    model's arithmetic does not reach the answer."""
+    question, model = last_user_text(messages), model or ctx.default_model
+    if mode == "expression":
+        text = (await ctx.complete(model, POT_PROMPT.format(question=question), max_tokens=max_tokens,
+                                   temperature=0, stop=["\n"])).text.strip()
+        steps = [text]
+    elif mode == "steps":
+        text = (await ctx.chat(model, STEPS_PROMPT.format(question=question), max_tokens=max_tokens,
+                               temperature=0)).text
+        steps = step_expressions(text)
+    else:
+        raise ValueError(f"pot mode must be 'expression' or 'steps', got {mode!r}")
     try:
-        value = format_number(evaluate(expression))
+        value = recompute(steps)
     except ExpressionError as exc:
-        ctx.step("evaluate", expression=expression, error=str(exc))
-        return f"I could not compute an answer (the expression {expression!r}: {exc})."
-    ctx.step("evaluate", expression=expression, value=value)
+        ctx.step("evaluate", expression=text, error=str(exc))
+        return f"I could not compute an answer (the expression {text!r}: {exc})."
+    ctx.step("evaluate", expression=text, value=format_number(value))
+    return format_number(value)
+
+
+def step_expressions(text: str) -> list[str]:
+    """"8 x 9 = 72. 72 - 2 = 70. The answer is 70." -> ["8 x 9 = 72", "72 - 2 = 70"]."""
+    body = text.split("The answer is", 1)[0]
+    return [s.strip() for s in re.split(r"(?<=\d)\.\s+|\n", body) if "=" in s]
+
+
+def recompute(steps: list[str]) -> int | float:
+    """The last value of a chain of steps: each "lhs = claimed" is evaluated with earlier
+    claimed results replaced by their recomputed values; a bare expression is evaluated."""
+    if not steps:
+        raise ExpressionError("no arithmetic in the answer")
+    fixed: dict[str, str] = {}  # a claimed result -> its recomputed value, as text
+    value = None
+    for step in steps:
+        m = _STEP.match(step.rstrip("."))
+        if m is None:  # a bare expression
+            value = evaluate(step)
+            continue
+        # (a problem number equal to an earlier result is taken for that result: rare, and harmless when right)
+        lhs = _NUMBER.sub(lambda n: fixed.get(n.group(0), n.group(0)), m.group("lhs"))
+        value = evaluate(lhs.replace("x", "*"))
+        fixed[m.group("claimed")] = format_number(value)
     return value
 
 
