@@ -1,5 +1,6 @@
 # The two commands of the README: `make serve` (set up + start the OpenAI-compatible server
-# on the embedded model) and `make test` (set up + run every test, the slow ones included).
+# on the embedded model and its experts) and `make test` (set up + run every test, the slow
+# ones included).
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -24,8 +25,9 @@ $(VENV)/.test: pyproject.toml
 
 install: $(VENV)/.test
 
+# gemma-3-270m, its shipped experts (gemma-3-270m:<folder>), compound/arith and router/auto
 serve: $(VENV)/.serve
-	$(VENV)/bin/fleet serve --host $(HOST) --port $(PORT)
+	$(VENV)/bin/fleet serve --host $(HOST) --port $(PORT) --adapters-dir experts --config experts/fleet.toml
 
 generate: $(VENV)/.serve
 	$(VENV)/bin/fleet generate --prompt "$(PROMPT)"

@@ -33,12 +33,11 @@ import statistics
 import sys
 import tempfile
 import textwrap
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import httpx
+from gemma_server import serve_gemma
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).parent / "results"
@@ -86,42 +85,16 @@ def held_out_problems(n: int, seed: int) -> tuple[list[dict], list[dict]]:
     return rows, shots
 
 
-def start_server(args):
-    import uvicorn
-
-    from fleetlm.api.server import app_for_engine
-    from fleetlm.config import EngineConfig, FleetFile, ProgramConfig, ServerConfig
-    from fleetlm.engine.async_engine import AsyncLLM
-    from fleetlm.models.embedded import ensure_default_model
+def start_server():
+    from fleetlm.config import FleetFile, ProgramConfig
 
     folder = Path(tempfile.mkdtemp(prefix="fleetlm-programs-"))
     (folder / "bench.py").write_text(PROGRAMS)
-    llm = AsyncLLM(EngineConfig(model=str(ensure_default_model()), max_model_len=4096, enable_lora=True))
-    port = _free_port()
-    config = ServerConfig(port=port, adapters_dir=str(REPO / "experts"), programs_dir=str(folder),
-                          max_pending_requests=256)
     fleet = FleetFile(programs=[ProgramConfig(name="pot-steps", program="pot",
                                               params={"model": "gemma-3-270m:arith-steps", "mode": "steps"})])
-    app = app_for_engine(llm, model_id="gemma-3-270m", config=config, fleet_file=fleet)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    threading.Thread(target=server.run, daemon=True).start()
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{base}/health", timeout=1).status_code == 200:
-                return base, server
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    raise RuntimeError("the server did not start")
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    base, server, _ = serve_gemma(fleet=fleet, adapters_dir=str(REPO / "experts"), programs_dir=str(folder),
+                                  max_pending_requests=256)
+    return base, server
 
 
 def arithmetic_table(client, rows, shots, concurrency: int) -> tuple[list[str], dict]:
@@ -216,8 +189,8 @@ def main() -> int:
     from openai import OpenAI
 
     rows, shots = held_out_problems(args.n, args.seed)
-    base, server = start_server(args)
-    client = OpenAI(base_url=f"{base}/v1", api_key="unused", max_retries=0, timeout=600)
+    base, server = start_server()
+    client = OpenAI(base_url=base, api_key="unused", max_retries=0, timeout=600)
     try:
         print(f"arithmetic: {len(rows)} held-out problems (seed {args.seed}), {args.concurrency} at a time",
               flush=True)

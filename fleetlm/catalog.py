@@ -39,15 +39,32 @@ class Target(Protocol):
 
 class Catalog:
     """Fixed Targets by id, plus `sources` that make Targets on demand (LoRA adapters:
-    `<base>:<adapter>`), each with `resolve(model) -> Target | None` and `cards()`."""
+    `<base>:<adapter>`), each with `resolve(model) -> Target | None` and `cards()`. Reads as
+    a mapping too (`model in catalog`, `catalog[model]`), so builders can look ids up in it."""
 
     def __init__(self, targets: list[Target], sources=()):
         self.sources = list(sources)
         self.targets: dict[str, Target] = {}
+        self.add(targets)
+
+    def add(self, targets: list[Target]) -> None:
         for t in targets:
             if t.model_id in self.targets:
                 raise ValueError(f"model id {t.model_id!r} is defined twice")
             self.targets[t.model_id] = t
+
+    def __contains__(self, model: str) -> bool:
+        try:
+            self.resolve(model)
+            return True
+        except NotFoundError:
+            return False
+
+    def __getitem__(self, model: str) -> Target:
+        try:
+            return self.resolve(model)
+        except NotFoundError:
+            raise KeyError(model) from None
 
     def resolve(self, model: str) -> Target:
         target = self.targets.get(model)
@@ -81,10 +98,11 @@ class Fleet:
 
 def build(llm, *, model_id: str, server: ServerConfig, fleet: FleetFile | None = None, embedder=None) -> Fleet:
     """The fleet around one local engine (`llm`, an AsyncLLM served as `model_id`): its
-    adapters (an engine started with LoRA: `server.adapters_dir` and runtime loads), then the
-    upstreams, routers, pools and tool agents of `fleet` (a fleet.toml), each over the Targets
-    built before it, and the compound programs (built-ins, `server.programs_dir`, installed
-    packages, `[[program]]` tables). Invalid references are ValueErrors naming the table."""
+    adapters (an engine started with LoRA: `server.adapters_dir` and runtime loads), the
+    upstreams of `fleet` (a fleet.toml), the compound programs (built-ins,
+    `server.programs_dir`, installed packages, `[[program]]` tables), then its routers, pools
+    and tool agents, each over any model id built before it (adapters and programs included).
+    Invalid references are ValueErrors naming the table."""
     import httpx
 
     from fleetlm.backends.local import AdapterSource, LocalTarget
@@ -93,48 +111,46 @@ def build(llm, *, model_id: str, server: ServerConfig, fleet: FleetFile | None =
 
     fleet = fleet or FleetFile()
     local = LocalTarget(model_id, llm, EngineInputs(llm.engine, max_tools=server.max_tools))
-    out = Fleet(Catalog([]), engines={model_id: llm})
-    targets: list[Target] = [local]
-    for up in fleet.upstreams:
-        client = httpx.AsyncClient(timeout=httpx.Timeout(up.timeout_s, connect=up.connect_timeout_s))
-        out.clients.append(client)
-        targets += upstream_targets(up, client)
-    targets += build_routers(fleet.routers, {t.model_id: t for t in targets})
-    if fleet.pools:
-        from fleetlm.backends.pools import build_pools
-
-        targets += build_pools(fleet.pools, {t.model_id: t for t in targets})
-    if fleet.tool_agents:  # a planner or joiner may be a router or a pool
-        from fleetlm.compound.programs.tool_agent import build_tool_agent
-
-        by_id = {t.model_id: t for t in targets}
-        targets += [build_tool_agent(cfg, by_id, embedder=embedder) for cfg in fleet.tool_agents]
-    from fleetlm.compound.programs.loader import build_programs
-
-    # programs resolve model ids at call time, through the finished catalog (any Target, other programs too)
-    targets += build_programs(fleet.programs, programs_dir=server.programs_dir,
-                              resolve=lambda model: out.catalog.resolve(model), default_model=model_id,
-                              engines=frozenset(out.engines))
-    sources = []
+    out = Fleet(Catalog([local]), engines={model_id: llm})
+    catalog = out.catalog
     if llm.engine.lora_pool is not None:
         from fleetlm.backends.adapters import AdapterRegistry
 
         out.adapters = AdapterRegistry(llm.engine.lora_pool, adapters_dir=server.adapters_dir,
                                        rescan_s=server.adapter_rescan_s)
-        sources.append(AdapterSource(local, out.adapters))
+        catalog.sources.append(AdapterSource(local, out.adapters))
     elif server.adapters_dir:
         raise ValueError("adapters_dir needs an engine started with LoRA support (enable_lora)")
-    out.catalog = Catalog(targets, sources)
+    for up in fleet.upstreams:
+        client = httpx.AsyncClient(timeout=httpx.Timeout(up.timeout_s, connect=up.connect_timeout_s))
+        out.clients.append(client)
+        catalog.add(upstream_targets(up, client))
+    from fleetlm.compound.programs.loader import build_programs
+
+    # programs resolve model ids when they call them, so they come first: routers, pools and
+    # agents below may pick a program, and a program may call any of those
+    catalog.add(build_programs(fleet.programs, programs_dir=server.programs_dir, resolve=catalog.resolve,
+                               default_model=model_id, engines=frozenset(out.engines)))
+    catalog.add(build_routers(fleet.routers, catalog))
+    if fleet.pools:
+        from fleetlm.backends.pools import build_pools
+
+        catalog.add(build_pools(fleet.pools, catalog))
+    if fleet.tool_agents:  # a planner or joiner may be a router or a pool
+        from fleetlm.compound.programs.tool_agent import build_tool_agent
+
+        catalog.add([build_tool_agent(cfg, catalog, embedder=embedder) for cfg in fleet.tool_agents])
     return out
 
 
-def build_routers(configs: list[RouterConfig], by_id: dict) -> list[Target]:
-    """RouterTargets (plus router/auto for the default one) over already-built Targets."""
+def build_routers(configs: list[RouterConfig], by_id) -> list[Target]:
+    """RouterTargets (plus router/auto for the default one) over already-built Targets
+    (`by_id`: model id -> Target, e.g. the Catalog itself, adapters included)."""
     from fleetlm.backends.router import RouterTarget, fixed_order
 
     out = []
     for cfg in configs:
-        missing = sorted(set(cfg.candidates.values()) - set(by_id))
+        missing = sorted(m for m in set(cfg.candidates.values()) if m not in by_id)
         if missing:
             raise ValueError(f"router {cfg.name}: unknown candidate model ids {missing}")
         if cfg.path is not None:

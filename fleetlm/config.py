@@ -368,7 +368,8 @@ TABLES = {"upstream": (UpstreamConfig, "upstreams", "name"), "router": (RouterCo
 def load_fleet_toml(path: str) -> FleetFile:
     """Read a fleet.toml (`[[upstream]]`, `[[router]]`, `[[pool]]`, `[[device]]`,
     `[[tool_agent]]` and `[[program]]` tables) into typed configs; unknown tables or keys are
-    errors."""
+    errors. Relative file paths in it (a router's `path`, a tool agent's `sqlite` and `docs`)
+    are read relative to the file's folder."""
     import tomllib
 
     with open(path, "rb") as f:
@@ -385,4 +386,16 @@ def load_fleet_toml(path: str) -> FleetFile:
         setattr(fleet, attr, items)
     if sum(r.default for r in fleet.routers) > 1:
         raise ValueError(f"{path}: at most one router can be the default (router/auto)")
+    here = Path(path).resolve().parent  # relative paths in the file are relative to the file
+    for r in fleet.routers:
+        r.path = _beside(here, r.path)
+    for a in fleet.tool_agents:
+        a.sqlite, a.docs = _beside(here, a.sqlite), _beside(here, a.docs)
     return fleet
+
+
+def _beside(folder: Path, path: str | None) -> str | None:
+    if path is None:
+        return None
+    p = Path(path).expanduser()
+    return str(p if p.is_absolute() else folder / p)

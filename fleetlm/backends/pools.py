@@ -66,7 +66,7 @@ def build_pools(configs: list[PoolConfig], by_id: dict) -> list[PoolTarget]:
     """PoolTargets over already-built catalog Targets (`by_id`: model id -> Target)."""
     out = []
     for cfg in configs:
-        missing = sorted(set(cfg.members.values()) - set(by_id))
+        missing = sorted(m for m in set(cfg.members.values()) if m not in by_id)
         if missing:
             raise ValueError(f"pool {cfg.model}: unknown member model ids {missing}")
         if cfg.model in by_id:

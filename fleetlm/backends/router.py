@@ -5,8 +5,9 @@ Contract: `rank(prompt) -> [candidate name, ...]` (best first) comes from a rout
 tries the candidates in that order, skipping those cooling down; a candidate that fails
 before its first chunk (an `APIError` of status >= 500: unreachable, timeout, an upstream
 5xx, a stopped engine) is cooled down for `cooldown_s` (as LiteLLM does) and the next one is
-tried, so no request is lost while any candidate is up. Client errors (4xx) are raised as
-they are: another model would reject them too. Once a candidate has yielded a chunk, its
+tried, so no request is lost while any candidate is up. A candidate that cannot serve this
+kind of request (`UnsupportedError`: `tools` to a program, say) is passed over without a
+cooldown. Other client errors (4xx) are raised as they are: another model would reject them too. Once a candidate has yielded a chunk, its
 stream is the answer (a later error ends it). The chunks name the model that served.
 """
 
@@ -20,7 +21,7 @@ from contextlib import aclosing
 from dataclasses import dataclass, field
 
 from fleetlm.openai.chunks import ModelCard
-from fleetlm.openai.errors import APIError, UnavailableError
+from fleetlm.openai.errors import APIError, UnavailableError, UnsupportedError
 
 log = logging.getLogger("fleetlm.router")
 
@@ -65,7 +66,7 @@ class RouterTarget:
         return [self.candidates[n] for n in ready + cold]
 
     async def _route(self, req, kind: str):
-        errors = []
+        errors, unsupported = [], None
         # a trained policy embeds the prompt (~10 ms of CPU): off the event loop
         ranked = await asyncio.to_thread(self.rank, prompt_text(req))
         for target in self.order(ranked):
@@ -77,6 +78,9 @@ class RouterTarget:
                     errors.append(f"{target.model_id}: no answer")
                     self._cool(target.model_id)
                     continue
+                except UnsupportedError as exc:  # not this candidate's kind of request: the next one
+                    unsupported = unsupported or exc
+                    continue
                 except APIError as exc:
                     if exc.status < 500:
                         raise
@@ -87,6 +91,8 @@ class RouterTarget:
                 async for chunk in stream:
                     yield chunk
                 return
+        if unsupported is not None and not errors:
+            raise unsupported
         raise UnavailableError(f"{self.model_id}: every candidate failed ({'; '.join(errors)})")
 
     def _cool(self, model_id: str) -> None:

@@ -3,7 +3,8 @@ status. Targets raise them; only the HTTP edge (`fleetlm.api`) turns them into r
 
 Every client mistake is a 4xx here; a 5xx is a failure of something the request reached (an
 upstream, the engine) or a fleetlm bug. A router falls back on a 5xx raised before the first
-chunk and never on a 4xx (another model would reject the request too).
+chunk, and on an `UnsupportedError`; never on another 4xx (another model would reject the
+request too).
 """
 
 from __future__ import annotations
@@ -31,6 +32,12 @@ class BadRequestError(APIError):
 
     def __init__(self, message: str, *, param: str | None = None, code: str | None = None):
         super().__init__(400, message, param=param, code=code)
+
+
+class UnsupportedError(BadRequestError):
+    """400: this model cannot serve a request of this shape (`tools` to a program, `n` to an
+    agent, completions to a chat-only model); another model might. A router tries its next
+    candidate."""
 
 
 class NotFoundError(APIError):

@@ -204,3 +204,24 @@ def test_cascade_on_gemma(gemma_programs):
         model="compound/cascade", messages=[{"role": "user", "content": "Say something."}])
     steps = r.model_extra["fleetlm_trace"]["steps"]
     assert [s["model"] for s in steps] == ["gemma-3-270m"] and steps[0]["escalated"] is False
+
+
+@pytest.mark.slow
+def test_bon_scores_gemma_samples_by_logprob(gemma_programs):
+    r = gemma_programs.client().chat.completions.create(
+        model="compound/bon", messages=[{"role": "user", "content": "The capital of Italy is"}])
+    step = r.model_extra["fleetlm_trace"]["steps"][0]
+    assert step["verifier"] == "logprob" and len(step["scores"]) == 4 and all(s <= 0 for s in step["scores"])
+    assert step["scores"][step["chosen"]] == max(step["scores"])
+
+
+@pytest.mark.slow
+def test_moa_streams_gemmas_aggregate(gemma_programs):
+    chunks = list(gemma_programs.client().chat.completions.create(
+        model="compound/moa", messages=[{"role": "user", "content": "Name a fruit."}], stream=True,
+        stream_options={"include_usage": True}))
+    steps = [c.model_extra["fleetlm_step"] for c in chunks if c.model_extra.get("fleetlm_step")]
+    assert steps[0]["name"] == "propose" and len(steps[0]["proposers"]) == 3
+    content = [c for c in chunks if c.choices and c.choices[0].delta.content]
+    assert len(content) > 1  # the aggregator's answer arrives token by token
+    assert chunks[-1].usage.completion_tokens > 0

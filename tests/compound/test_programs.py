@@ -11,7 +11,7 @@ import pytest
 
 from fleetlm.compound.programs import Streamed, majority, program
 from fleetlm.compound.programs.arith import ExpressionError, evaluate, format_number
-from fleetlm.compound.programs.builtin import cascade, normalise, pot, recompute, sc, step_expressions
+from fleetlm.compound.programs.builtin import bon, cascade, moa, normalise, pot, recompute, sc, step_expressions
 from fleetlm.compound.programs.ctx import BudgetExceededError, ProgramError
 from fleetlm.compound.programs.loader import build_programs, load_dir
 from fleetlm.compound.programs.target import ProgramTarget
@@ -51,7 +51,8 @@ class Echo:
             raise
         texts = [text] if req.n == 1 else [self.replies[i % len(self.replies)] for i in range(req.n)]
         for i, t in enumerate(texts):
-            yield ChatChunk(served_by=self.model_id, choices=[ChatDelta(i, "assistant", t)])
+            lp = [{"token": "t", "logprob": -float(len(t))}] if req.logprobs else None  # shorter: likelier
+            yield ChatChunk(served_by=self.model_id, choices=[ChatDelta(i, "assistant", t, logprobs=lp)])
         yield ChatChunk(served_by=self.model_id, choices=[ChatDelta(i, finish_reason="stop") for i in range(req.n)],
                         usage=Usage(self.usage[0], self.usage[1] * req.n, 0, 0.001))
 
@@ -300,6 +301,38 @@ def test_cascade_escalates_only_when_the_check_fails():
     assert r.text == "7" and not big.requests[1:]  # the big model was asked only the first time
 
 
+def test_bon_picks_what_its_verifier_scores_best():
+    m = Echo(replies=["a long answer", "mid one", "x"])
+    r = result_of(run_program(bon, fleet(m), n=3))  # logprob: one request with n and logprobs
+    assert r.text == "x" and m.requests[0].logprobs and m.requests[0].n == 3
+    assert r.extra["fleetlm_trace"]["steps"][0]["chosen"] == 2
+    judged = Echo(replies=["first", "second"])
+    judge = Echo("judge", ['"2"'])
+    r = result_of(run_program(bon, fleet(judged, judge), n=2, verifier="judge", judge="judge"))
+    assert r.text == "second" and "Answer 2:\nsecond" in judge.requests[0].messages[0].content
+    nums = Echo(replies=["none", "12", "13"])
+    assert result_of(run_program(bon, fleet(nums), n=3, verifier="number")).text == "12"
+    assert result_of(run_program(bon, fleet(Echo(replies=["aa", "b"])), n=2,
+                                 verifier="tests.compound.test_programs:longest")).text == "aa"
+    with pytest.raises(ProgramError, match="bon verifier must be"):
+        run_program(bon, fleet(m), n=2, verifier="nope")
+
+
+def longest(text: str) -> float:
+    return len(text)
+
+
+def test_moa_aggregates_the_proposers_and_streams_the_aggregate():
+    props = Echo("p", ["Paris", "Lyon", "Paris"])
+    agg = Echo("agg", ["Paris, the capital."])
+    chunks = run_program(moa, fleet(props, agg), stream=True, proposers=["p", "p", "p"], aggregator="agg")
+    r = result_of(chunks)
+    assert r.text == "Paris, the capital." and [c.model for c in r.calls] == ["p", "p", "p", "agg"]
+    system = agg.requests[0].messages[0]
+    assert system.role == "system" and "Answer 3:\nParis" in system.content and agg.requests[0].stream
+    assert r.usage.total_tokens == sum(c.usage.total_tokens for c in r.calls)
+
+
 # ---- loaders ---------------------------------------------------------------------------
 def test_a_programs_folder_loads_what_it_can_and_names_the_broken_file(tmp_path):
     (tmp_path / "good.py").write_text(textwrap.dedent('''
@@ -348,3 +381,19 @@ def test_installed_packages_register_programs_through_entry_points(tmp_path, mon
 def test_program_decorator_refuses_plain_functions():
     with pytest.raises(TypeError, match="async"):
         program("x")(lambda ctx, messages: "no")
+
+
+def test_a_router_passes_over_a_program_that_cannot_take_the_request():
+    from fleetlm.backends.router import RouterTarget, fixed_order
+    from fleetlm.openai.errors import UnsupportedError
+
+    prog = ProgramTarget("p", sc, resolve=fleet(), default_model="m", engines=frozenset())
+    m = Echo(replies=["called"])
+    router = RouterTarget("router/r", fixed_order(["prog", "m"]), {"prog": prog, "m": m})
+    tools = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]
+    req = ChatCompletionRequest(model="router/r", messages=[{"role": "user", "content": "q"}], tools=tools)
+    r = asyncio.run(collect_chat(router.chat(req)))
+    assert r.served_by == "m" and not router.cooling  # passed over, not cooled down
+    only = RouterTarget("router/o", fixed_order(["prog"]), {"prog": prog})
+    with pytest.raises(UnsupportedError, match="does not support `tools`"):
+        asyncio.run(collect_chat(only.chat(req)))

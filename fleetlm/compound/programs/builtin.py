@@ -4,6 +4,10 @@
 - `pot` (program of thought): the model writes an arithmetic expression, or steps, and a
   safe evaluator (`arith.evaluate`, no `eval`) computes them.
 - `cascade`: a cheap model answers; if its answer fails a check, a stronger one does.
+- `bon` (best of n): n samples, the one a verifier scores best (log-probability, a judge
+  model, a check, or your own Python function).
+- `moa` (mixture of agents): proposers answer at once, an aggregator writes the final
+  answer from theirs, streamed.
 
 `model=None` means the server's local base model (`ctx.default_model`).
 """
@@ -113,11 +117,11 @@ def recompute(steps: list[str]) -> int | float:
 CHECKS = {
     "nonempty": lambda text: bool(text.strip()),
     "number": lambda text: re.fullmatch(r"\s*-?[\d,]*\.?\d+\s*", text) is not None,
-    "json": lambda text: _is_json(text),
+    "json": lambda text: is_json(text),
 }
 
 
-def _is_json(text: str) -> bool:
+def is_json(text: str) -> bool:
     try:
         json.loads(text)
         return True
@@ -141,3 +145,73 @@ async def cascade(ctx: Ctx, messages, *, models: list[str] | None = None, check:
         if passed:
             break
     return text
+
+
+JUDGE_PROMPT = """Which answer to the question below is best? Reply with its number only.
+
+Question: {question}
+
+{answers}"""
+
+
+@program("bon")
+async def bon(ctx: Ctx, messages, *, model: str | None = None, n: int = 4, temperature: float = 0.8,
+              max_tokens: int = 256, verifier: str = "logprob", judge: str | None = None) -> str:
+    """Best of n samples. `verifier`: "logprob" (the highest mean token log-probability, from
+    the same request), "judge" (a judge model, default the same one, picks a number), one of
+    CHECKS (the first sample that passes), or "module:function" (a Python check returning a
+    bool or a score; the highest wins)."""
+    model = model or ctx.default_model
+    if verifier == "logprob":
+        result = await ctx.chat(model, messages, n=n, temperature=temperature, max_tokens=max_tokens, logprobs=True)
+        texts = [c.message.content or "" for c in result.choices]
+        scores = [sum(e["logprob"] for e in c.logprobs or []) / max(1, len(c.logprobs or [])) for c in result.choices]
+    else:
+        texts = await ctx.fork(model, messages, n=n, temperature=temperature, max_tokens=max_tokens)
+        if verifier == "judge":
+            answers = "\n\n".join(f"Answer {i + 1}:\n{t}" for i, t in enumerate(texts))
+            pick = await ctx.select(judge or model, JUDGE_PROMPT.format(question=last_user_text(messages),
+                                                                        answers=answers),
+                                    [str(i + 1) for i in range(len(texts))])
+            scores = [1.0 if str(i + 1) == pick else 0.0 for i in range(len(texts))]
+        else:
+            check = CHECKS.get(verifier) or _python_check(verifier)
+            scores = [float(check(t)) for t in texts]
+    best = max(range(len(texts)), key=lambda i: (scores[i], -i))
+    ctx.step("verify", verifier=verifier, scores=[round(s, 4) for s in scores], chosen=best)
+    return texts[best]
+
+
+def _python_check(ref: str):
+    """A `module:function` check; anything else is the caller's mistake."""
+    import importlib
+
+    module, sep, name = ref.partition(":")
+    if not sep:
+        raise ValueError(f"bon verifier must be logprob, judge, one of {sorted(CHECKS)} or module:function, "
+                         f"got {ref!r}")
+    return getattr(importlib.import_module(module), name)
+
+
+MOA_PROMPT = """You have been given answers from several assistants to the user's question. Some may be
+wrong. Write one answer that is better than each of them: correct, complete and concise.
+
+{answers}"""
+
+
+@program("moa")
+async def moa(ctx: Ctx, messages, *, proposers: list[str] | None = None, k: int = 3,
+              aggregator: str | None = None, temperature: float = 0.7, max_tokens: int = 256):
+    """Mixture of agents: `proposers` (default: the local model k times, sampled) answer at
+    once; the aggregator (default the local model) reads their answers and writes the
+    final one, streamed to the client."""
+    proposers = proposers or [ctx.default_model] * k
+    drafts = await ctx.gather(*(ctx.chat(p, messages, temperature=temperature, max_tokens=max_tokens, rollout=i)
+                                for i, p in enumerate(proposers)))
+    ctx.step("propose", proposers=proposers, lengths=[len(d.text) for d in drafts])
+    answers = "\n\n".join(f"Answer {i + 1}:\n{d.text}" for i, d in enumerate(drafts))
+    system = MOA_PROMPT.format(answers=answers)
+    if messages and messages[0].get("role") in ("system", "developer"):  # one system message: templates want that
+        system, messages = f"{messages[0].get('content') or ''}\n\n{system}", messages[1:]
+    return ctx.stream(aggregator or ctx.default_model, [{"role": "system", "content": system}, *messages],
+                      max_tokens=max_tokens, temperature=0)

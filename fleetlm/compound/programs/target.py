@@ -20,7 +20,7 @@ from collections.abc import AsyncIterator, Callable
 from fleetlm.compound.programs.ctx import BudgetExceededError, Ctx, ProgramError, Step, Streamed, as_messages
 from fleetlm.config import Budget
 from fleetlm.openai.chunks import ChatChunk, ChatDelta, ModelCard
-from fleetlm.openai.errors import APIError, BadRequestError
+from fleetlm.openai.errors import APIError, UnsupportedError
 
 log = logging.getLogger("fleetlm.programs")
 
@@ -39,14 +39,14 @@ class ProgramTarget:
         return self._engines  # a program may call any of them
 
     async def complete(self, req) -> AsyncIterator:
-        raise BadRequestError(f"{self.model_id} is a chat model; use /v1/chat/completions", param="model")
+        raise UnsupportedError(f"{self.model_id} is a chat model; use /v1/chat/completions", param="model")
         yield  # an async generator, like every Target's complete()
 
     async def chat(self, req) -> AsyncIterator[ChatChunk]:
         for name, bad in (("n", req.n != 1), ("logprobs", req.logprobs), ("tools", req.tools),
                           ("response_format", req.response_format is not None and req.response_format.type != "text")):
             if bad:
-                raise BadRequestError(f"{self.model_id} does not support `{name}`", param=name)
+                raise UnsupportedError(f"{self.model_id} does not support `{name}`", param=name)
         steps: asyncio.Queue[Step] = asyncio.Queue()
         ctx = Ctx(program_id=self.model_id, resolve=self.resolve, budget=self.budget, default_model=self.default_model,
                   on_step=steps.put_nowait if req.stream else None)

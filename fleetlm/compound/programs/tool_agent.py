@@ -29,7 +29,7 @@ from fleetlm.compound.tools.plan import PlanError, parse_plan
 from fleetlm.compound.tools.registry import ToolRegistry, docs_tool, http_tool, python_tool, sql_tool
 from fleetlm.config import ToolAgentConfig
 from fleetlm.openai.chunks import ChatChunk, ChatDelta, ModelCard, SubCall, Usage, collect_chat
-from fleetlm.openai.errors import APIError, BadRequestError
+from fleetlm.openai.errors import APIError, UnsupportedError
 from fleetlm.openai.protocol import ChatCompletionRequest
 
 
@@ -52,7 +52,7 @@ def build_tools(cfg: ToolAgentConfig, *, embedder=None) -> ToolRegistry:
 
 def build_tool_agent(cfg: ToolAgentConfig, by_id: dict, *, embedder=None, tools: ToolRegistry | None = None):
     """A ToolAgentTarget over already-built catalog Targets (`by_id`: model id -> Target)."""
-    missing = sorted({cfg.planner, cfg.joiner or cfg.planner} - set(by_id))
+    missing = sorted(m for m in {cfg.planner, cfg.joiner or cfg.planner} if m not in by_id)
     if missing:
         raise ValueError(f"tool agent {cfg.name}: unknown model ids {missing}")
     return ToolAgentTarget(cfg, by_id[cfg.planner], by_id[cfg.joiner or cfg.planner],
@@ -113,14 +113,14 @@ class ToolAgentTarget:
         return self.planner.engines() | self.joiner.engines()
 
     async def complete(self, req) -> AsyncIterator:
-        raise BadRequestError(f"{self.model_id} is a chat model; use /v1/chat/completions", param="model")
+        raise UnsupportedError(f"{self.model_id} is a chat model; use /v1/chat/completions", param="model")
         yield  # an async generator, like every Target's complete()
 
     async def chat(self, req) -> AsyncIterator[ChatChunk]:
         for name, bad in (("tools", req.tools), ("n", req.n != 1), ("logprobs", req.logprobs),
                           ("response_format", req.response_format is not None and req.response_format.type != "text")):
             if bad:
-                raise BadRequestError(f"{self.model_id} does not support `{name}` (its tools are configured on "
+                raise UnsupportedError(f"{self.model_id} does not support `{name}` (its tools are configured on "
                                       "the server, and it answers with one text message)", param=name)
         answer, trace, calls = await self.run(req)
         usage = sum((Usage(c.usage.prompt_tokens, c.usage.completion_tokens, None, c.usage.cost_usd) for c in calls),
