@@ -13,9 +13,12 @@ uses the real `openai` client, 8 requests at a time. Tables:
    writing one expression, and `compound/pot` with the expert writing its steps (mode
    "steps": each step recomputed by the safe evaluator). Accuracy with a 95% Wilson
    interval, calls, tokens and wall time per item.
-2. `ctx.fork(n=8)` on a ~1,000-token prompt against 8 separate requests for the same prompt
+2. BFCL simple_python (the first --bfcl questions, tool_choice auto): the `fc` expert's one
+   greedy answer against `sc` (5 samples at temperature 0.7, the majority of normalised tool
+   calls) and `bon` (5 samples, the highest mean log-probability) over the same expert.
+3. `ctx.fork(n=8)` on a ~1,000-token prompt against 8 separate requests for the same prompt
    (sent at once), fresh prompts per trial.
-3. The overhead of a program that only forwards one call, against that call made directly
+4. The overhead of a program that only forwards one call, against that call made directly
    (p50 of alternated requests, max_tokens=1).
 
 The last line is `pot gain over direct: +NN.N points` (the best pot row against the best
@@ -37,6 +40,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import httpx
 from gemma_server import serve_gemma
 
 REPO = Path(__file__).resolve().parents[1]
@@ -90,8 +94,11 @@ def start_server():
 
     folder = Path(tempfile.mkdtemp(prefix="fleetlm-programs-"))
     (folder / "bench.py").write_text(PROGRAMS)
+    fc = {"model": "gemma-3-270m:fc", "n": 5, "temperature": 0.7}
     fleet = FleetFile(programs=[ProgramConfig(name="pot-steps", program="pot",
-                                              params={"model": "gemma-3-270m:arith-steps", "mode": "steps"})])
+                                              params={"model": "gemma-3-270m:arith-steps", "mode": "steps"}),
+                                ProgramConfig(name="sc-fc", program="sc", params=fc),
+                                ProgramConfig(name="bon-fc", program="bon", params=fc)])
     base, server, _ = serve_gemma(fleet=fleet, adapters_dir=str(REPO / "experts"), programs_dir=str(folder),
                                   max_pending_requests=256)
     return base, server
@@ -141,6 +148,40 @@ def arithmetic_table(client, rows, shots, concurrency: int) -> tuple[list[str], 
     return lines, acc
 
 
+def bfcl_table(base: str, n: int, concurrency: int) -> list[str]:
+    from fleetlm.evals.bfcl import build_request, load_category, parse_response, to_openai_tools
+    from fleetlm.evals.bfcl_checker import check
+
+    questions = load_category("simple_python", limit=n)
+
+    def ask(model):
+        def one(q):
+            tools = to_openai_tools(q.functions)
+            r = http.post(f"{base}/chat/completions", json=build_request(q, tools, model=model, max_tokens=256))
+            if r.status_code != 200:
+                return False, 0
+            ok = check(q.category, q.functions, parse_response(r.json(), tools), q.ground_truth or []).valid
+            return ok, r.json()["usage"]["total_tokens"]
+        return one
+
+    lines = [f"BFCL simple_python, first {len(questions)} questions, tool_choice auto",
+             f"{'system':<38} {'accuracy':>9} {'95% interval':>15} {'tokens':>7} {'x tokens':>9}"]
+    direct_tokens = None
+    with httpx.Client(timeout=600) as http:
+        for name, model in (("gemma-3-270m:fc, greedy", "gemma-3-270m:fc"),
+                            ("compound/sc-fc (5 samples)", "compound/sc-fc"),
+                            ("compound/bon-fc (5 samples, logprob)", "compound/bon-fc")):
+            with ThreadPoolExecutor(concurrency) as pool:
+                outs = list(pool.map(ask(model), questions))
+            k, tokens = sum(ok for ok, _ in outs), sum(t for _, t in outs) / len(outs)
+            direct_tokens = direct_tokens or tokens
+            lo, hi = wilson(k, len(outs))
+            lines.append(f"{name:<38} {k / len(outs):>9.1%} {f'{lo:.1%}-{hi:.1%}':>15} {tokens:>7.0f} "
+                         f"{tokens / direct_tokens:>8.1f}x")
+            print(lines[-1], flush=True)
+    return lines
+
+
 def fork_table(client, base: str, trials: int) -> list[str]:
     words = "time year people way day man thing woman life child world school state family student group".split()
     fork_s, separate_s = [], []
@@ -183,6 +224,7 @@ def main() -> int:
     ap.add_argument("--n", type=int, default=100, help="arithmetic problems")
     ap.add_argument("--seed", type=int, default=2026, help="seed of the held-out problems")
     ap.add_argument("--concurrency", type=int, default=8)
+    ap.add_argument("--bfcl", type=int, default=100, help="BFCL simple_python questions (0: skip)")
     ap.add_argument("--trials", type=int, default=5, help="fork trials")
     ap.add_argument("--overhead-rounds", type=int, default=30)
     args = ap.parse_args()
@@ -195,6 +237,8 @@ def main() -> int:
         print(f"arithmetic: {len(rows)} held-out problems (seed {args.seed}), {args.concurrency} at a time",
               flush=True)
         lines, acc = arithmetic_table(client, rows, shots, args.concurrency)
+        if args.bfcl:
+            lines += [""] + bfcl_table(base, args.bfcl, args.concurrency)
         lines += [""] + fork_table(client, base, args.trials)
         print(lines[-1], flush=True)
         lines += overhead_table(client, args.overhead_rounds)

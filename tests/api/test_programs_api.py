@@ -102,13 +102,15 @@ def test_the_readme_program_runs_under_fleet_serve(tiny_gemma, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def programs_server(tiny_gemma, tmp_path_factory):
+def programs_server(tiny_gemma_2k, tmp_path_factory):
     folder = tmp_path_factory.mktemp("programs")
     (folder / "mine.py").write_text(PROGRAMS)
     (folder / "broken.py").write_text("raise SystemError('a broken program file')\n")
     configs = [ProgramConfig(name="capped", program="two-calls", budget=Budget(max_calls=1)),
-               ProgramConfig(name="quick", program="sleepy", budget=Budget(max_seconds=0.3))]
-    running, srv, thread = start_server(tiny_gemma, programs_dir=str(folder), programs=configs)
+               ProgramConfig(name="quick", program="sleepy", budget=Budget(max_seconds=0.3)),
+               ProgramConfig(name="sc-short", program="sc", params={"max_tokens": 96})]
+    running, srv, thread = start_server(tiny_gemma_2k, programs_dir=str(folder), programs=configs,
+                                        engine_kw={"max_model_len": 1024})
     yield running
     srv.should_exit = True
     thread.join(10)
@@ -130,6 +132,19 @@ def test_usage_is_the_sum_of_the_calls_and_the_ledger_counts_each_once(programs_
     assert delta("fleetlm_model_requests_total", model="compound/two-calls", served_by="compound/two-calls",
                  status=200) == 1
     assert delta("fleetlm_model_tokens_total", model="tiny", kind="completion") == 0  # not counted twice
+
+
+def test_sc_with_tools_answers_with_the_majority_call(programs_server):
+    tools = [{"type": "function", "function": {"name": "lookup", "parameters": {
+        "type": "object", "properties": {"q": {"type": "string", "maxLength": 4}}, "required": ["q"]}}}]
+    r = programs_server.client().chat.completions.create(
+        model="compound/sc-short", messages=ASK, tools=tools, tool_choice="required")
+    choice = r.choices[0]
+    assert choice.finish_reason == "tool_calls" and choice.message.tool_calls[0].function.name == "lookup"
+    votes = r.model_extra["fleetlm_trace"]["steps"][0]["votes"]
+    assert sum(votes.values()) == 5 and max(votes.values()) >= 1
+    with pytest.raises(openai.BadRequestError, match="does not support `tools`"):
+        programs_server.client().chat.completions.create(model="compound/capped", messages=ASK, tools=tools)
 
 
 def test_a_budget_stops_the_program_with_a_4xx_naming_it(programs_server):

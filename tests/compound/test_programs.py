@@ -5,6 +5,7 @@ are in tests/api/test_programs_api.py."""
 from __future__ import annotations
 
 import asyncio
+import json
 import textwrap
 
 import pytest
@@ -387,7 +388,7 @@ def test_a_router_passes_over_a_program_that_cannot_take_the_request():
     from fleetlm.backends.router import RouterTarget, fixed_order
     from fleetlm.openai.errors import UnsupportedError
 
-    prog = ProgramTarget("p", sc, resolve=fleet(), default_model="m", engines=frozenset())
+    prog = ProgramTarget("p", pot, resolve=fleet(), default_model="m", engines=frozenset())  # no tools
     m = Echo(replies=["called"])
     router = RouterTarget("router/r", fixed_order(["prog", "m"]), {"prog": prog, "m": m})
     tools = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]
@@ -397,3 +398,59 @@ def test_a_router_passes_over_a_program_that_cannot_take_the_request():
     only = RouterTarget("router/o", fixed_order(["prog"]), {"prog": prog})
     with pytest.raises(UnsupportedError, match="does not support `tools`"):
         asyncio.run(collect_chat(only.chat(req)))
+
+
+class ToolEcho(Echo):
+    """A scripted Target that answers requests with tools by calls: one list of (name, args) per sample."""
+
+    def __init__(self, samples, model_id="t"):
+        super().__init__(model_id)
+        self.samples = samples
+
+    async def chat(self, req):
+        from fleetlm.openai.chunks import ToolCallDelta
+
+        self.requests.append(req)
+        for i in range(req.n):
+            calls = [ToolCallDelta(k, f"call_{i}_{k}", name, json.dumps(args))
+                     for k, (name, args) in enumerate(self.samples[i % len(self.samples)])]
+            lp = [{"token": "t", "logprob": -float(i)}] if req.logprobs else None
+            yield ChatChunk(served_by=self.model_id, choices=[ChatDelta(i, "assistant", None, calls, lp)])
+        yield ChatChunk(served_by=self.model_id, choices=[ChatDelta(i, finish_reason="tool_calls") for i in range(req.n)],
+                        usage=Usage(10, 5 * req.n, 0))
+
+
+TOOLS = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]
+
+
+def run_with_tools(fn, resolve, **params):
+    target = ProgramTarget("p", fn, resolve=resolve, default_model="t", engines=frozenset(), params=params)
+    req = ChatCompletionRequest(model="compound/p", messages=[{"role": "user", "content": "q"}], tools=TOOLS,
+                                tool_choice="required")
+
+    async def go():
+        return await collect_chat(target.chat(req))
+
+    return asyncio.run(go())
+
+
+def test_sc_votes_over_normalised_tool_calls():
+    t = ToolEcho([[("f", {"a": 1, "b": 2})], [("f", {"b": 2, "a": 1})], [("f", {"a": 9})]])
+    r = run_with_tools(sc, fleet(t), n=3)
+    msg = r.choices[0].message
+    assert [(c.name, json.loads(c.arguments)) for c in msg.tool_calls] == [("f", {"a": 1, "b": 2})]
+    assert r.choices[0].finish_reason == "tool_calls" and msg.content is None
+    assert t.requests[0].tools[0]["function"]["name"] == "f" and t.requests[0].tool_choice == "required"
+    assert sorted(r.extra["fleetlm_trace"]["steps"][0]["votes"].values()) == [1, 2]
+
+
+def test_bon_with_tools_keeps_the_likeliest_sample_and_pot_refuses_tools():
+    from fleetlm.openai.errors import UnsupportedError
+
+    t = ToolEcho([[("f", {"a": 1})], [("f", {"a": 2})]])
+    r = run_with_tools(bon, fleet(t), n=2)
+    assert json.loads(r.choices[0].message.tool_calls[0].arguments) == {"a": 1}  # logprob 0 beats -1
+    with pytest.raises(UnsupportedError, match="does not support `tools`"):
+        run_with_tools(pot, fleet(t))
+    with pytest.raises(UnsupportedError, match="verifier must be logprob"):
+        run_with_tools(bon, fleet(t), n=2, verifier="judge")

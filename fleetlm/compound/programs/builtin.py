@@ -19,6 +19,8 @@ import re
 
 from fleetlm.compound.programs.arith import ExpressionError, evaluate, format_number
 from fleetlm.compound.programs.ctx import Ctx, majority, program
+from fleetlm.openai.chunks import ChatMessage
+from fleetlm.openai.errors import UnsupportedError
 
 
 def last_user_text(messages: list[dict]) -> str:
@@ -31,13 +33,38 @@ def normalise(answer: str) -> str:
     return re.sub(r"\s+", " ", answer).strip().strip(".!").lower()
 
 
-@program("sc")
+@program("sc", tools=True)
 async def sc(ctx: Ctx, messages, *, model: str | None = None, n: int = 5, temperature: float = 0.7,
-             max_tokens: int = 256) -> str:
-    drafts = await ctx.fork(model or ctx.default_model, messages, n=n, temperature=temperature, max_tokens=max_tokens)
-    answer, votes = majority(drafts, key=normalise)
-    ctx.step("vote", votes=votes, n=len(drafts))
-    return answer
+             max_tokens: int = 256) -> str | ChatMessage:
+    """With `tools` in the request, the votes are over normalised tool calls (name and
+    arguments, in any order) and the answer is the winning sample's message."""
+    model = model or ctx.default_model
+    if ctx.tools is None:
+        drafts = await ctx.fork(model, messages, n=n, temperature=temperature, max_tokens=max_tokens)
+        answer, votes = majority(drafts, key=normalise)
+        ctx.step("vote", votes=votes, n=len(drafts))
+        return answer
+    samples = await ctx.fork_choices(model, messages, n=n, temperature=temperature, max_tokens=max_tokens,
+                                     **ctx.tools)
+    keys = [choice_key(c.message) for c in samples]
+    best, votes = majority(keys)
+    ctx.step("vote", votes=votes, n=len(samples))
+    return samples[keys.index(best)].message
+
+
+def choice_key(message: ChatMessage) -> str:
+    """What a vote counts: the tool calls (name, arguments as canonical JSON; order ignored),
+    or the normalised text when there are none."""
+    if not message.tool_calls:
+        return normalise(message.content or "")
+    return json.dumps(sorted([c.name, _canonical(c.arguments)] for c in message.tool_calls))
+
+
+def _canonical(arguments: str) -> str:
+    try:
+        return json.dumps(json.loads(arguments), sort_keys=True)
+    except ValueError:
+        return arguments
 
 
 # Few-shot, one operation pattern per example: gemma-3-270m (a base model) copies the shape
@@ -154,29 +181,32 @@ Question: {question}
 {answers}"""
 
 
-@program("bon")
+@program("bon", tools=True)
 async def bon(ctx: Ctx, messages, *, model: str | None = None, n: int = 4, temperature: float = 0.8,
-              max_tokens: int = 256, verifier: str = "logprob", judge: str | None = None) -> str:
+              max_tokens: int = 256, verifier: str = "logprob", judge: str | None = None) -> str | ChatMessage:
     """Best of n samples. `verifier`: "logprob" (the highest mean token log-probability, from
-    the same request), "judge" (a judge model, default the same one, picks a number), one of
-    CHECKS (the first sample that passes), or "module:function" (a Python check returning a
-    bool or a score; the highest wins)."""
+    the same request; with `tools` in the request too), "judge" (a judge model, default the
+    same one, picks a number), one of CHECKS (the first sample that passes), or
+    "module:function" (a Python check returning a bool or a score; the highest wins)."""
     model = model or ctx.default_model
     if verifier == "logprob":
-        result = await ctx.chat(model, messages, n=n, temperature=temperature, max_tokens=max_tokens, logprobs=True)
-        texts = [c.message.content or "" for c in result.choices]
-        scores = [sum(e["logprob"] for e in c.logprobs or []) / max(1, len(c.logprobs or [])) for c in result.choices]
+        samples = await ctx.fork_choices(model, messages, n=n, temperature=temperature, max_tokens=max_tokens,
+                                         logprobs=True, **(ctx.tools or {}))
+        scores = [sum(e["logprob"] for e in c.logprobs or []) / max(1, len(c.logprobs or [])) for c in samples]
+        best = max(range(len(samples)), key=lambda i: (scores[i], -i))
+        ctx.step("verify", verifier=verifier, scores=[round(s, 4) for s in scores], chosen=best)
+        return samples[best].message if ctx.tools else samples[best].message.content or ""
+    if ctx.tools is not None:
+        raise UnsupportedError(f"{ctx.program_id}: with tools, bon's verifier must be logprob", param="tools")
+    texts = await ctx.fork(model, messages, n=n, temperature=temperature, max_tokens=max_tokens)
+    if verifier == "judge":
+        answers = "\n\n".join(f"Answer {i + 1}:\n{t}" for i, t in enumerate(texts))
+        pick = await ctx.select(judge or model, JUDGE_PROMPT.format(question=last_user_text(messages), answers=answers),
+                                [str(i + 1) for i in range(len(texts))])
+        scores = [1.0 if str(i + 1) == pick else 0.0 for i in range(len(texts))]
     else:
-        texts = await ctx.fork(model, messages, n=n, temperature=temperature, max_tokens=max_tokens)
-        if verifier == "judge":
-            answers = "\n\n".join(f"Answer {i + 1}:\n{t}" for i, t in enumerate(texts))
-            pick = await ctx.select(judge or model, JUDGE_PROMPT.format(question=last_user_text(messages),
-                                                                        answers=answers),
-                                    [str(i + 1) for i in range(len(texts))])
-            scores = [1.0 if str(i + 1) == pick else 0.0 for i in range(len(texts))]
-        else:
-            check = CHECKS.get(verifier) or _python_check(verifier)
-            scores = [float(check(t)) for t in texts]
+        check = CHECKS.get(verifier) or _python_check(verifier)
+        scores = [float(check(t)) for t in texts]
     best = max(range(len(texts)), key=lambda i: (scores[i], -i))
     ctx.step("verify", verifier=verifier, scores=[round(s, 4) for s in scores], chosen=best)
     return texts[best]

@@ -30,21 +30,34 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from fleetlm.config import Budget
-from fleetlm.openai.chunks import ChatResult, CompletionResult, SubCall, Usage, collect_chat, collect_completion
+from fleetlm.openai.chunks import (
+    ChatChoice,
+    ChatResult,
+    CompletionResult,
+    SubCall,
+    Usage,
+    collect_chat,
+    collect_completion,
+)
 from fleetlm.openai.errors import APIError, BadRequestError
 from fleetlm.openai.protocol import ChatCompletionRequest, CompletionRequest
 
 PROGRAM_ATTR = "__fleetlm_program__"
+TOOLS_ATTR = "__fleetlm_program_tools__"
 MAX_CACHE = 256  # cached calls per request
 
 
-def program(name: str):
-    """Mark an async function `fn(ctx, messages, **params) -> str | Streamed` as the program
-    `name` (served as `compound/<name>`); loaders find marked functions in modules."""
+def program(name: str, *, tools: bool = False):
+    """Mark an async function `fn(ctx, messages, **params) -> str | ChatMessage | Streamed`
+    as the program `name` (served as `compound/<name>`); loaders find marked functions in
+    modules. `tools=True`: the program takes requests with `tools` (it finds them in
+    `ctx.tools` and may answer with a ChatMessage holding tool calls); other programs refuse
+    them, so a router passes them over."""
     def mark(fn):
         if not asyncio.iscoroutinefunction(fn):
             raise TypeError(f"program {name!r}: {fn.__qualname__} must be an async function")
         setattr(fn, PROGRAM_ATTR, name)
+        setattr(fn, TOOLS_ATTR, tools)
         return fn
     return mark
 
@@ -93,10 +106,12 @@ def as_messages(messages: Messages) -> list[dict]:
 
 class Ctx:
     def __init__(self, *, program_id: str, resolve: Callable, budget: Budget, default_model: str,
-                 on_step: Callable[[Step], None] | None = None):
+                 on_step: Callable[[Step], None] | None = None, tools: dict | None = None):
         self.program_id = program_id  # compound/<name>
         self._resolve = resolve  # model id -> Target (the catalog's resolve)
         self.default_model = default_model  # the server's local base model: a program's default
+        # the request's `tools`, `tool_choice`, `parallel_tool_calls` (pass on with **ctx.tools); None: no tools
+        self.tools = tools
         self.budget = budget
         self._on_step = on_step
         self.t0 = time.monotonic()
@@ -119,16 +134,19 @@ class Ctx:
     async def fork(self, model: str, messages: Messages, *, n: int, **params) -> list[str]:
         """n sampled answers to one prompt: one request with `n` (on the local engine the
         prompt is computed once for all samples); Targets that refuse `n` get n calls."""
+        return [c.message.content or "" for c in await self.fork_choices(model, messages, n=n, **params)]
+
+    async def fork_choices(self, model: str, messages: Messages, *, n: int, **params) -> list[ChatChoice]:
+        """As `fork`, each sample whole: content, tool calls, logprobs, finish reason."""
         if not 1 <= n <= 16:
             raise BadRequestError(f"{self.program_id}: fork n must be in 1..16, got {n}", param="n")
         try:
-            result = await self.chat(model, messages, n=n, **params)
-            return [c.message.content or "" for c in result.choices]
+            return (await self.chat(model, messages, n=n, **params)).choices
         except APIError as exc:
             if exc.status != 400 or exc.param != "n":
                 raise
         results = await self.gather(*(self.chat(model, messages, rollout=i, **params) for i in range(n)))
-        return [r.text for r in results]
+        return [r.choices[0] for r in results]
 
     async def select(self, model: str, messages: Messages, choices: list[str], **params) -> str:
         """One of `choices`, decoded under a grammar that allows nothing else."""

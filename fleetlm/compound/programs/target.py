@@ -3,8 +3,9 @@ each chat request and answers with what it returns.
 
 Contract: the program runs in the request's task under its `Budget` (`max_seconds` as a
 timeout); cancelling the request cancels it and every call it has in flight. A returned
-string is the answer (one content chunk, then the finish); a returned `ctx.stream(...)` is
-relayed delta by delta as the program's own answer. A streamed request also gets each
+string is the answer (one content chunk, then the finish); a returned ChatMessage may also
+hold tool calls (a program marked `tools=True`, for requests with `tools`); a returned
+`ctx.stream(...)` is relayed delta by delta as the program's own answer. A streamed request also gets each
 `ctx.step` as a chunk with only `fleetlm_step`, which OpenAI clients ignore. The last chunk
 carries the program's usage (the sum of its calls'), every call as a `SubCall` (so the
 ledger attributes them to the program), and `fleetlm_trace` (steps, calls, wall time).
@@ -17,9 +18,17 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
 
-from fleetlm.compound.programs.ctx import BudgetExceededError, Ctx, ProgramError, Step, Streamed, as_messages
+from fleetlm.compound.programs.ctx import (
+    TOOLS_ATTR,
+    BudgetExceededError,
+    Ctx,
+    ProgramError,
+    Step,
+    Streamed,
+    as_messages,
+)
 from fleetlm.config import Budget
-from fleetlm.openai.chunks import ChatChunk, ChatDelta, ModelCard
+from fleetlm.openai.chunks import ChatChunk, ChatDelta, ChatMessage, ModelCard, ToolCallDelta
 from fleetlm.openai.errors import APIError, UnsupportedError
 
 log = logging.getLogger("fleetlm.programs")
@@ -43,13 +52,17 @@ class ProgramTarget:
         yield  # an async generator, like every Target's complete()
 
     async def chat(self, req) -> AsyncIterator[ChatChunk]:
-        for name, bad in (("n", req.n != 1), ("logprobs", req.logprobs), ("tools", req.tools),
+        takes_tools = getattr(self.fn, TOOLS_ATTR, False)
+        for name, bad in (("n", req.n != 1), ("logprobs", req.logprobs), ("tools", req.tools and not takes_tools),
                           ("response_format", req.response_format is not None and req.response_format.type != "text")):
             if bad:
                 raise UnsupportedError(f"{self.model_id} does not support `{name}`", param=name)
         steps: asyncio.Queue[Step] = asyncio.Queue()
+        tools = {"tools": req.tools, "tool_choice": req.tool_choice, "parallel_tool_calls": req.parallel_tool_calls} \
+            if req.tools else None
         ctx = Ctx(program_id=self.model_id, resolve=self.resolve, budget=self.budget, default_model=self.default_model,
-                  on_step=steps.put_nowait if req.stream else None)
+                  on_step=steps.put_nowait if req.stream else None,
+                  tools={k: v for k, v in tools.items() if v is not None} if tools else None)
         task = asyncio.ensure_future(self._run(ctx, as_messages(req.messages)))
         try:
             while not task.done():
@@ -65,10 +78,14 @@ class ProgramTarget:
             if isinstance(answer, Streamed):
                 async for chunk in self._relay(ctx, answer):
                     yield chunk
-            else:
-                yield ChatChunk(served_by=self.model_id, choices=[ChatDelta(0, role="assistant", content=answer)])
-                yield ChatChunk(served_by=self.model_id, choices=[ChatDelta(0, finish_reason="stop")],
-                                **self._totals(ctx))
+                return
+            if isinstance(answer, str):
+                answer = ChatMessage(content=answer)
+            calls = [ToolCallDelta(k, c.id, c.name, c.arguments) for k, c in enumerate(answer.tool_calls)] or None
+            yield ChatChunk(served_by=self.model_id,
+                            choices=[ChatDelta(0, role="assistant", content=answer.content, tool_calls=calls)])
+            finish = "tool_calls" if calls else "stop"
+            yield ChatChunk(served_by=self.model_id, choices=[ChatDelta(0, finish_reason=finish)], **self._totals(ctx))
         finally:
             if not task.done():
                 task.cancel()
@@ -86,9 +103,9 @@ class ProgramTarget:
         except Exception as exc:  # the program's own bug: a clean 500 for this request only
             log.exception("%s failed", self.model_id)
             raise ProgramError(f"{self.model_id} failed: {type(exc).__name__}: {exc}") from None
-        if not isinstance(answer, (str, Streamed)):
-            raise ProgramError(f"{self.model_id} returned {type(answer).__name__}; a program returns a str "
-                               "or ctx.stream(...)")
+        if not isinstance(answer, (str, ChatMessage, Streamed)):
+            raise ProgramError(f"{self.model_id} returned {type(answer).__name__}; a program returns a str, "
+                               "a ChatMessage or ctx.stream(...)")
         return answer
 
     async def _relay(self, ctx: Ctx, streamed: Streamed) -> AsyncIterator[ChatChunk]:
