@@ -339,12 +339,16 @@ class ProgramConfig(FromDict):
     program: str  # the registered program's name
     params: dict = field(default_factory=dict)  # keyword arguments of the program function
     budget: Budget = field(default_factory=Budget)  # `[program.budget]`: dicts are converted
+    tools: list[str] = field(default_factory=list)  # Python tools for ctx.tool / ctx.plan, "module:function"
+    tool_timeout_s: float = 30.0  # per tool call
 
     def __post_init__(self):
         if not re.fullmatch(r"[A-Za-z0-9][\w.\-]*", self.name):
             raise ValueError(f"program name {self.name!r}: letters, digits, '_', '.', '-' only")
         if isinstance(self.budget, dict):
             self.budget = Budget.from_dict(self.budget, label=f"program {self.name}: budget")
+        if self.tool_timeout_s <= 0:
+            raise ValueError(f"program {self.name}: tool_timeout_s must be > 0")
 
 
 @dataclass

@@ -454,3 +454,50 @@ def test_bon_with_tools_keeps_the_likeliest_sample_and_pot_refuses_tools():
         run_with_tools(pot, fleet(t))
     with pytest.raises(UnsupportedError, match="verifier must be logprob"):
         run_with_tools(bon, fleet(t), n=2, verifier="judge")
+
+
+async def population(city: str) -> float:
+    """Population of a city, in millions."""
+    await asyncio.sleep(0.1)
+    return {"Oslo": 0.7, "Lima": 10.0}[city]
+
+
+def add(a: float, b: float) -> float:
+    """Sum of two numbers."""
+    return round(a + b, 3)
+
+
+def test_ctx_tool_and_plan_run_the_programs_own_tools():
+    from fleetlm.compound.tools.plan import PlanError
+
+    @program("t")
+    async def uses_tools(ctx, messages):
+        one = await ctx.tool("population", city="Oslo")
+        run = await ctx.plan('1. population(city="Oslo")\n2. population(city="Lima")\n3. add(a=$1, b=$2)\n4. join()')
+        try:
+            await ctx.plan("1. fly(to=\"moon\")")
+        except PlanError as exc:
+            ctx.step("refused", why=str(exc))
+        return f"{one} {run.results['3']}"
+
+    targets = build_programs([ProgramConfig(name="with-tools", program="cascade", tools=[
+        "tests.compound.test_programs:population", "tests.compound.test_programs:add"])], programs_dir=None,
+        resolve=fleet(), default_model="m", engines=frozenset())
+    registry = next(t for t in targets if t.model_id == "compound/with-tools").registry
+    target = ProgramTarget("t", uses_tools, resolve=fleet(), default_model="m", engines=frozenset(),
+                           registry=registry, tool_timeout_s=5)
+    req = ChatCompletionRequest(model="compound/t", messages=[{"role": "user", "content": "q"}])
+    r = asyncio.run(collect_chat(target.chat(req)))
+    assert r.text == "0.7 10.7"
+    steps = r.extra["fleetlm_trace"]["steps"]
+    assert [s["name"] for s in steps] == ["tool", "plan", "refused"] and steps[0]["error"] is None
+    calls = steps[1]["calls"]
+    assert max(c["start_s"] for c in calls[:2]) < min(c["end_s"] for c in calls[:2])  # the two lookups overlapped
+    assert "fly" in steps[2]["why"]
+
+    @program("u")
+    async def unknown_tool(ctx, messages):
+        return await ctx.tool("nope")
+
+    with pytest.raises(ProgramError, match="calls tool 'nope', which it was not given"):
+        run_program(unknown_tool, fleet())

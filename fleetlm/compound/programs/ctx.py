@@ -11,7 +11,8 @@ Contract: `Ctx` is a program's only door to the fleet. `chat` / `complete` call 
 (local, adapter, upstream, router, another program) through the catalog and return the whole
 answer as a value; `fork` samples n answers to one prompt in one request (the local engine
 computes the shared prompt once); `select` picks one of fixed choices; `gather` runs calls
-concurrently; `step` records a trace event (streamed to the client as `fleetlm_step`);
+concurrently; `tool` and `plan` run the program's own tools (one call, or a plan of calls
+run as a DAG); `step` records a trace event (streamed to the client as `fleetlm_step`);
 `stream` hands the final answer over to a sub-model, token by token. Every call is recorded
 (`calls`: model asked, model served, usage), its usage counts against the request's
 `Budget` (calls, tokens, USD, seconds; over it: `BudgetExceededError`, a 4xx naming the
@@ -106,12 +107,15 @@ def as_messages(messages: Messages) -> list[dict]:
 
 class Ctx:
     def __init__(self, *, program_id: str, resolve: Callable, budget: Budget, default_model: str,
-                 on_step: Callable[[Step], None] | None = None, tools: dict | None = None):
+                 on_step: Callable[[Step], None] | None = None, tools: dict | None = None,
+                 registry=None, tool_timeout_s: float = 30.0):
         self.program_id = program_id  # compound/<name>
         self._resolve = resolve  # model id -> Target (the catalog's resolve)
         self.default_model = default_model  # the server's local base model: a program's default
         # the request's `tools`, `tool_choice`, `parallel_tool_calls` (pass on with **ctx.tools); None: no tools
         self.tools = tools
+        self.registry = registry  # the program's own tools (a ToolRegistry): ctx.tool, ctx.plan
+        self.tool_timeout_s = tool_timeout_s
         self.budget = budget
         self._on_step = on_step
         self.t0 = time.monotonic()
@@ -170,6 +174,35 @@ class Ctx:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             raise
+
+    async def tool(self, name: str, **args):
+        """Run one of the program's tools (`[[program]]`'s `tools`) with the tool timeout; its
+        result, or its exception (the program decides what a failure means). A step records it."""
+        if self.registry is None or name not in self.registry:
+            raise ProgramError(f"{self.program_id} calls tool {name!r}, which it was not given "
+                               f"(its tools: {', '.join(t.name for t in self.registry or []) or 'none'})")
+        t0, error = time.monotonic(), None
+        try:
+            return await asyncio.wait_for(self.registry[name](**args), self.tool_timeout_s)
+        except Exception as exc:
+            error = f"{type(exc).__name__}: {exc}"
+            raise
+        finally:
+            self.step("tool", tool=name, args=args, duration_s=round(time.monotonic() - t0, 6), error=error)
+
+    async def plan(self, text: str):
+        """Parse and run a plan of tool calls (fleetlm.compound.tools.plan's format; independent
+        calls at once, `$N` results passed on); an `executor.Execution`. A plan that does not
+        parse, or names a tool the program lacks, raises `PlanError`."""
+        from fleetlm.compound.tools.executor import ExecutorConfig, execute
+        from fleetlm.compound.tools.plan import parse_plan
+
+        tools = self.registry.tools if self.registry is not None else {}
+        parsed = parse_plan(text, param_order={n: list(t.parameters.get("properties", {})) for n, t in tools.items()})
+        parsed.validate(tools)
+        execution = await execute(parsed, tools, ExecutorConfig(call_timeout_s=self.tool_timeout_s))
+        self.step("plan", calls=[r.to_json() for r in execution.trace], wall_s=round(execution.wall_s, 6))
+        return execution
 
     def stream(self, model: str, messages: Messages, **params) -> Streamed:
         """Return this from a program to stream `model`'s answer to the client as it comes."""

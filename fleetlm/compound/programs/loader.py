@@ -43,7 +43,13 @@ def build_programs(configs: list[ProgramConfig], *, programs_dir: str | None, re
                              f"(known: {', '.join(sorted(registered))})")
         if cfg.name in registered:
             raise ValueError(f"program {cfg.name}: compound/{cfg.name} is already a registered program")
-        out.append(ProgramTarget(cfg.name, registered[cfg.program], params=cfg.params, budget=cfg.budget, **common))
+        registry = None
+        if cfg.tools:
+            from fleetlm.compound.tools.registry import ToolRegistry, python_tool
+
+            registry = ToolRegistry(python_tool(ref) for ref in cfg.tools)
+        out.append(ProgramTarget(cfg.name, registered[cfg.program], params=cfg.params, budget=cfg.budget,
+                                 registry=registry, tool_timeout_s=cfg.tool_timeout_s, **common))
     return out
 
 

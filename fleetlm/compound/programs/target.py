@@ -36,9 +36,11 @@ log = logging.getLogger("fleetlm.programs")
 
 class ProgramTarget:
     def __init__(self, name: str, fn: Callable, *, resolve: Callable, default_model: str,
-                 engines: frozenset[str], params: dict | None = None, budget: Budget | None = None):
+                 engines: frozenset[str], params: dict | None = None, budget: Budget | None = None,
+                 registry=None, tool_timeout_s: float = 30.0):
         self.model_id = f"compound/{name}"
         self.fn, self.params, self.budget = fn, dict(params or {}), budget or Budget()
+        self.registry, self.tool_timeout_s = registry, tool_timeout_s  # the program's own tools (ctx.tool)
         self.resolve, self.default_model, self._engines = resolve, default_model, engines
 
     def card(self) -> ModelCard:
@@ -62,7 +64,8 @@ class ProgramTarget:
             if req.tools else None
         ctx = Ctx(program_id=self.model_id, resolve=self.resolve, budget=self.budget, default_model=self.default_model,
                   on_step=steps.put_nowait if req.stream else None,
-                  tools={k: v for k, v in tools.items() if v is not None} if tools else None)
+                  tools={k: v for k, v in tools.items() if v is not None} if tools else None,
+                  registry=self.registry, tool_timeout_s=self.tool_timeout_s)
         task = asyncio.ensure_future(self._run(ctx, as_messages(req.messages)))
         try:
             while not task.done():
