@@ -150,8 +150,11 @@ def test_streaming_carries_answer_and_trace():
     assert events[-1] == "[DONE]"
     chunks = [json.loads(e) for e in events[:-1]]
     text = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"])
-    assert text == "17.7 million" and chunks[1]["choices"][0]["finish_reason"] == "stop"
-    assert len(chunks[1]["fleetlm_trace"]["calls"]) == 4 and chunks[-1]["usage"]["total_tokens"] == 30
+    finish = next(c for c in chunks if c["choices"] and c["choices"][0]["finish_reason"])
+    assert text == "17.7 million" and finish["choices"][0]["finish_reason"] == "stop"
+    assert len(finish["fleetlm_trace"]["calls"]) == 4 and chunks[-1]["usage"]["total_tokens"] == 30
+    steps = [c["fleetlm_step"] for c in chunks if "fleetlm_step" in c]  # the plan, streamed as it ran
+    assert [s["name"] for s in steps] == ["plan"] and len(steps[0]["calls"]) == 4
 
 
 def test_bad_requests_and_failing_planner():

@@ -108,14 +108,15 @@ def as_messages(messages: Messages) -> list[dict]:
 class Ctx:
     def __init__(self, *, program_id: str, resolve: Callable, budget: Budget, default_model: str,
                  on_step: Callable[[Step], None] | None = None, tools: dict | None = None,
-                 registry=None, tool_timeout_s: float = 30.0):
+                 registry=None, tool_timeout_s: float = 30.0, tool_retries: int = 0):
         self.program_id = program_id  # compound/<name>
         self._resolve = resolve  # model id -> Target (the catalog's resolve)
         self.default_model = default_model  # the server's local base model: a program's default
         # the request's `tools`, `tool_choice`, `parallel_tool_calls` (pass on with **ctx.tools); None: no tools
         self.tools = tools
         self.registry = registry  # the program's own tools (a ToolRegistry): ctx.tool, ctx.plan
-        self.tool_timeout_s = tool_timeout_s
+        self.tool_timeout_s, self.tool_retries = tool_timeout_s, tool_retries
+        self.trace: dict = {}  # fields a program adds to (or replaces in) its fleetlm_trace
         self.budget = budget
         self._on_step = on_step
         self.t0 = time.monotonic()
@@ -190,17 +191,20 @@ class Ctx:
         finally:
             self.step("tool", tool=name, args=args, duration_s=round(time.monotonic() - t0, 6), error=error)
 
-    async def plan(self, text: str):
-        """Parse and run a plan of tool calls (fleetlm.compound.tools.plan's format; independent
-        calls at once, `$N` results passed on); an `executor.Execution`. A plan that does not
-        parse, or names a tool the program lacks, raises `PlanError`."""
+    async def plan(self, plan):
+        """Run a plan of tool calls (text in fleetlm.compound.tools.plan's format, or a parsed
+        `Plan`): independent calls at once, `$N` results passed on, each call with the tool
+        timeout and retries; an `executor.Execution`. A plan that does not parse, or names a
+        tool the program lacks, raises `PlanError`."""
         from fleetlm.compound.tools.executor import ExecutorConfig, execute
         from fleetlm.compound.tools.plan import parse_plan
 
         tools = self.registry.tools if self.registry is not None else {}
-        parsed = parse_plan(text, param_order={n: list(t.parameters.get("properties", {})) for n, t in tools.items()})
-        parsed.validate(tools)
-        execution = await execute(parsed, tools, ExecutorConfig(call_timeout_s=self.tool_timeout_s))
+        if isinstance(plan, str):
+            plan = parse_plan(plan, param_order={n: list(t.parameters.get("properties", {})) for n, t in tools.items()})
+        plan.validate(tools)
+        config = ExecutorConfig(call_timeout_s=self.tool_timeout_s, retries=self.tool_retries)
+        execution = await execute(plan, tools, config)
         self.step("plan", calls=[r.to_json() for r in execution.trace], wall_s=round(execution.wall_s, 6))
         return execution
 

@@ -37,14 +37,16 @@ log = logging.getLogger("fleetlm.programs")
 class ProgramTarget:
     def __init__(self, name: str, fn: Callable, *, resolve: Callable, default_model: str,
                  engines: frozenset[str], params: dict | None = None, budget: Budget | None = None,
-                 registry=None, tool_timeout_s: float = 30.0):
+                 registry=None, tool_timeout_s: float = 30.0, tool_retries: int = 0, card: ModelCard | None = None):
         self.model_id = f"compound/{name}"
         self.fn, self.params, self.budget = fn, dict(params or {}), budget or Budget()
-        self.registry, self.tool_timeout_s = registry, tool_timeout_s  # the program's own tools (ctx.tool)
+        self.registry = registry  # the program's own tools (ctx.tool, ctx.plan)
+        self.tool_timeout_s, self.tool_retries = tool_timeout_s, tool_retries
+        self._card = card
         self.resolve, self.default_model, self._engines = resolve, default_model, engines
 
     def card(self) -> ModelCard:
-        return ModelCard(self.model_id)
+        return self._card or ModelCard(self.model_id)
 
     def engines(self) -> frozenset[str]:
         return self._engines  # a program may call any of them
@@ -65,7 +67,7 @@ class ProgramTarget:
         ctx = Ctx(program_id=self.model_id, resolve=self.resolve, budget=self.budget, default_model=self.default_model,
                   on_step=steps.put_nowait if req.stream else None,
                   tools={k: v for k, v in tools.items() if v is not None} if tools else None,
-                  registry=self.registry, tool_timeout_s=self.tool_timeout_s)
+                  registry=self.registry, tool_timeout_s=self.tool_timeout_s, tool_retries=self.tool_retries)
         task = asyncio.ensure_future(self._run(ctx, as_messages(req.messages)))
         try:
             while not task.done():
@@ -130,5 +132,5 @@ class ProgramTarget:
                  "calls": [{"model": c.model, "served_by": c.served_by, "prompt_tokens": c.usage.prompt_tokens,
                             "completion_tokens": c.usage.completion_tokens, "cost_usd": c.usage.cost_usd}
                            for c in ctx.calls],
-                 "wall_s": round(ctx.elapsed_s, 6)}
+                 "wall_s": round(ctx.elapsed_s, 6), **ctx.trace}
         return {"usage": ctx.usage, "calls": list(ctx.calls), "extra": {"fleetlm_trace": trace}}
