@@ -69,6 +69,7 @@ class ProgramTarget:
                   tools={k: v for k, v in tools.items() if v is not None} if tools else None,
                   registry=self.registry, tool_timeout_s=self.tool_timeout_s, tool_retries=self.tool_retries)
         task = asyncio.ensure_future(self._run(ctx, as_messages(req.messages)))
+        getter = None
         try:
             while not task.done():
                 getter = asyncio.ensure_future(steps.get())
@@ -92,6 +93,8 @@ class ProgramTarget:
             finish = "tool_calls" if calls else "stop"
             yield ChatChunk(served_by=self.model_id, choices=[ChatDelta(0, finish_reason=finish)], **self._totals(ctx))
         finally:
+            if getter is not None and not getter.done():
+                getter.cancel()
             if not task.done():
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
