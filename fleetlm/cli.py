@@ -67,8 +67,11 @@ def cmd_generate(args) -> int:
 
 
 def cmd_serve(args) -> int:
+    import logging
     import os
 
+    # start-up stages (fleetlm.server) and errors show on the console; uvicorn adds its own lines
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from fleetlm.api.server import serve
     from fleetlm.config import ServerConfig
 

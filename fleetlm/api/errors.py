@@ -25,7 +25,9 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
     errors = exc.errors()
     if not errors:
         return "invalid request body", None
-    first = errors[0]
+    # pydantic lists one error per union branch; a validator's own message (value_error) says
+    # more than "should be a valid string" from a branch the value was never meant for
+    first = next((e for e in errors if e.get("type") == "value_error"), errors[0])
     loc = [str(x) for x in first.get("loc", ()) if x != "body"]
     if first.get("type") == "json_invalid":
         return "request body is not valid JSON", None
@@ -33,7 +35,6 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
         return f"unknown field: {'.'.join(loc)}", ".".join(loc) or None
     if first.get("type") == "missing":
         return f"missing required field: {'.'.join(loc)}", ".".join(loc) or None
-    # pydantic lists one error per union branch; the first is the most direct
     msg = str(first.get("msg", "invalid value"))
     return f"invalid value for {'.'.join(loc) or 'body'}: {msg}", ".".join(loc) or None
 

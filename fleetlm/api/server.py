@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from fleetlm.config import EngineConfig, FleetFile, ServerConfig
@@ -20,24 +23,52 @@ def model_id_for(engine_config: EngineConfig) -> str:
     return path.name if path.is_dir() else engine_config.model
 
 
+@contextmanager
+def stage(what: str) -> Iterator[None]:
+    """Log a start-up stage as it begins and when it is done, with its time, so a slow first
+    start (a model conversion, a kernel build) does not look like a hang."""
+    log.info("%s ...", what)
+    t0 = time.monotonic()
+    yield
+    log.info("%s: done in %.1f s", what, time.monotonic() - t0)
+
+
 def build_app(engine_config: EngineConfig, server_config: ServerConfig, fleet_file: FleetFile | None = None):
     from fleetlm.engine.async_engine import AsyncLLM
 
-    llm = AsyncLLM(engine_config)
+    model_id = server_config.served_model_name or model_id_for(engine_config)
+    with stage(f"engine: loading {engine_config.model}{_first_start_note(engine_config)}"):
+        llm = AsyncLLM(engine_config)
     embedder = None
     if server_config.enable_embeddings:
         try:
-            from fleetlm.models.embeddings import Embedder
+            with stage("embeddings: loading all-MiniLM-L6-v2"):
+                from fleetlm.models.embeddings import Embedder
 
-            embedder = Embedder()
+                embedder = Embedder()
         except Exception as exc:  # the server still serves generation without it
             log.warning("embeddings disabled: %s", exc)
-    # The grammar compiler's tokenizer table takes a few seconds for a 262k vocabulary: build
-    # it now, off the request path, so the first structured request does not stall the loop.
-    threading.Thread(target=lambda: llm.engine.grammar().prepare(), name="fleetlm-grammar-prep",
-                     daemon=True).start()
-    model_id = server_config.served_model_name or model_id_for(engine_config)
-    return app_for_engine(llm, model_id=model_id, config=server_config, fleet_file=fleet_file, embedder=embedder)
+
+    def prepare_grammar():  # a few seconds for a 262k vocabulary: off the request path
+        with stage("grammar: building the tokenizer table for structured outputs (in the background)"):
+            llm.engine.grammar().prepare()
+
+    threading.Thread(target=prepare_grammar, name="fleetlm-grammar-prep", daemon=True).start()
+    with stage("fleet: adapters, upstreams, programs, routers"):
+        app = app_for_engine(llm, model_id=model_id, config=server_config, fleet_file=fleet_file, embedder=embedder)
+    return app
+
+
+def _first_start_note(engine_config: EngineConfig) -> str:
+    """What makes the first start slow, when it will be."""
+    from fleetlm.models.embedded import DEFAULT_MODEL_ID, is_complete, model_dir
+
+    if engine_config.model != DEFAULT_MODEL_ID:
+        return ""
+    cache = Path(engine_config.cache_dir) if engine_config.cache_dir else None
+    if is_complete(model_dir(cache_dir=cache)):
+        return ""
+    return " (first start: converting the GGUF to safetensors, about a minute)"
 
 
 def app_for_engine(llm, *, model_id: str, config: ServerConfig, fleet_file: FleetFile | None = None, embedder=None):

@@ -1,7 +1,8 @@
 """Pydantic models of the OpenAI request bodies fleetlm accepts.
 
 Unknown fields are rejected (400 naming the field), so a typo never silently changes
-behaviour; a few OpenAI fields that have no effect on a self-hosted server (`store`,
+behaviour; text that is not valid Unicode (a lone surrogate such as JSON's "\ud800", which no
+tokenizer or encoder can take) is a 400 naming the field, wherever it is (tool schemas too); a few OpenAI fields that have no effect on a self-hosted server (`store`,
 `metadata`, `service_tier`, `user`) are accepted and ignored. Value ranges follow OpenAI's
 documentation; Fireworks' extensions `top_k`, `min_p` and `repetition_penalty` are accepted.
 """
@@ -10,13 +11,47 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, model_validator
 
 MAX_STOP = 16
 
 
+def invalid_text_at(value, path: str = "") -> str | None:
+    """The path (`messages[0].content`) of the first string in `value` (strings, lists, dicts,
+    keys too) that cannot be encoded as UTF-8, or None. Nested request models check themselves."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return path or "body"
+        return None
+    if isinstance(value, dict):
+        items = [(k, v) for k, v in value.items()]
+        for k, v in items:
+            found = invalid_text_at(k, f"{path}.<key>") or invalid_text_at(v, f"{path}.{k}" if path else str(k))
+            if found:
+                return found
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            found = invalid_text_at(v, f"{path}[{i}]")
+            if found:
+                return found
+    return None
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+    @model_validator(mode="after")
+    def _valid_unicode(self):
+        for name, value in self.__dict__.items():
+            if isinstance(value, BaseModel):
+                continue  # checked when it was built
+            found = invalid_text_at(value, name)
+            if found:
+                raise ValueError(f"{found} is not valid Unicode text (it holds a lone surrogate, such as "
+                                 "\\ud800); send UTF-8 text")
+        return self
 
 
 class TextPart(_Strict):

@@ -68,3 +68,27 @@ def test_hostile_bodies_get_4xx_and_the_server_survives(server):
         assert ok.status_code == 200 and ok.json()["usage"]["completion_tokens"] == 3
     assert sum(statuses.values()) == 300
     assert sum(n for s, n in statuses.items() if s >= 400) > 200  # hostile means mostly rejected
+
+
+def test_text_that_is_not_unicode_is_a_400_naming_the_field(server):
+    """A lone surrogate (JSON "\\ud800") reaches no tokenizer: 400 naming where it is."""
+    tool = {"type": "function", "function": {"name": "f", "description": "\ud800", "parameters": {"type": "object"}}}
+    cases = [("/v1/chat/completions", {"messages": [{"role": "user", "content": "\ud800 x"}]}, "content"),
+             ("/v1/chat/completions", {"messages": [{"role": "user", "content": [{"type": "text", "text": "\udfff"}]}]},
+              "text"),
+             ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "tools": [tool]},
+              "tools[0].function.description"),
+             ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "stop": ["\ud800"]}, "stop"),
+             ("/v1/completions", {"prompt": ["ok", "\udbff"]}, "prompt[1]"),
+             ("/v1/completions", {"prompt": "ok", "user": "\ud800"}, "user"),
+             ("/v1/embeddings", {"input": ["a", "\ud800"]}, "input[1]")]
+    with httpx.Client(base_url=server.base_url, timeout=30) as client:
+        for path, body, where in cases:
+            payload = json.dumps({"model": "tiny", **body})  # ensure_ascii: the surrogate travels as \\ud800
+            resp = client.post(path, content=payload, headers={"content-type": "application/json"})
+            assert resp.status_code == 400, (path, body, resp.text)
+            err = resp.json()["error"]
+            assert where in err["message"] and "Unicode" in err["message"], err
+        ok = client.post("/v1/chat/completions", json={"model": "tiny", "max_tokens": 2,
+                                                      "messages": [{"role": "user", "content": "fine"}]})
+        assert ok.status_code == 200

@@ -1,9 +1,10 @@
 """Graceful shutdown of `fleet serve`: on SIGTERM a stream in flight still completes, then the
-process exits."""
+process exits. Its start-up stages are logged as they go."""
 
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -36,7 +37,14 @@ def test_sigterm_lets_the_running_stream_finish(tiny_gemma):
         assert signalled and done
         assert usage["completion_tokens"] == 400  # finished, not cut off
         assert proc.wait(60) in (0, -signal.SIGTERM)
-        assert "Application shutdown complete" in proc.stdout.read()
+        log = proc.stdout.read()
+        assert "Application shutdown complete" in log
+        # the start-up stages were shown as they went, each with its time, before serving
+        stages = [line for line in log.splitlines() if "fleetlm.server" in line]
+        assert any("engine: loading" in line and line.endswith("...") for line in stages), log[:2000]
+        assert any(re.search(r"engine: loading .*: done in \d+\.\d s", line) for line in stages)
+        assert any(re.search(r"fleet: .*: done in \d+\.\d s", line) for line in stages)
+        assert log.index("fleet: adapters") < log.index("Uvicorn running")
     finally:
         if proc.poll() is None:
             proc.kill()

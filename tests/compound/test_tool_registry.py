@@ -5,6 +5,7 @@ import asyncio
 import json
 import sqlite3
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Literal
 from urllib.parse import parse_qs, urlparse
@@ -126,6 +127,22 @@ def test_sql_tool_interrupts_long_queries(db):
         run(tool(query=endless))
     with pytest.raises(ValueError, match="no SQLite database"):
         sql_tool(db.parent / "missing.db")
+
+
+def test_sql_tool_bounds_what_a_query_may_build_and_return(db):
+    import resource
+
+    tool = sql_tool(db, max_value_bytes=2**20, max_result_bytes=4096, time_limit_s=2)
+    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    for query in ("SELECT zeroblob(1000000000)", "SELECT replace(hex(zeroblob(100000000)), '0', 'x')"):
+        t0 = time.monotonic()
+        with pytest.raises(ToolArgumentError, match="too big"):
+            run(tool(query=query))
+        assert time.monotonic() - t0 < 1.0, query  # refused at once, not after building it
+    assert run(tool(query="SELECT length(printf('%.*c', 100000000, 'x'))"))["rows"] == [[None]]  # SQLite gives up
+    out = run(tool(query="SELECT printf('%.*c', 1000, 'x') FROM items"))  # 30 rows of 1,000 bytes
+    assert out["truncated"] is True and 1 <= len(out["rows"]) <= 5
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0 < 200_000  # KiB: no GB-sized value was made
 
 
 class _Handler(BaseHTTPRequestHandler):

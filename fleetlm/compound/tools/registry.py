@@ -17,6 +17,7 @@ import importlib
 import inspect
 import re
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -186,11 +187,15 @@ _SQL_ALLOWED = {sqlite3.SQLITE_SELECT, sqlite3.SQLITE_READ, sqlite3.SQLITE_FUNCT
 _SQL_COMMENT = re.compile(r"--[^\n]*|/\*.*?\*/", re.S)
 
 
-def sql_tool(path: str | Path, *, name: str = "sql", row_limit: int = 100, time_limit_s: float = 5.0) -> Tool:
+def sql_tool(path: str | Path, *, name: str = "sql", row_limit: int = 100, time_limit_s: float = 5.0,
+             max_value_bytes: int = 2**20, max_result_bytes: int = 64 * 2**10) -> Tool:
     """A read-only SQL query over a SQLite file. The database is opened read-only
     (`mode=ro`), only one SELECT (or WITH ... SELECT) statement is accepted, an authorizer
-    refuses anything but reads, at most `row_limit` rows come back (`truncated` says when
-    more matched), and a query running past `time_limit_s` is interrupted."""
+    refuses anything but reads, and what a query may use and return is bounded: no string or
+    blob over `max_value_bytes` can be made (SQLite's length limit: `zeroblob(1e9)` fails at
+    once), at most `row_limit` rows and about `max_result_bytes` of values come back
+    (`truncated` says when more matched), and a query running past `time_limit_s` is
+    interrupted from another thread (which also stops a single long function call)."""
     path = Path(path).resolve()
     if not path.is_file():
         raise ValueError(f"sql tool {name}: no SQLite database at {path}")
@@ -200,6 +205,9 @@ def sql_tool(path: str | Path, *, name: str = "sql", row_limit: int = 100, time_
                               "AND name NOT LIKE 'sqlite_%' ORDER BY name").fetchall()
     conn.close()
     schema = "\n".join(sql for _, sql in tables)
+    limits = {sqlite3.SQLITE_LIMIT_LENGTH: max_value_bytes, sqlite3.SQLITE_LIMIT_SQL_LENGTH: 100_000,
+              sqlite3.SQLITE_LIMIT_EXPR_DEPTH: 100, sqlite3.SQLITE_LIMIT_COMPOUND_SELECT: 50,
+              sqlite3.SQLITE_LIMIT_FUNCTION_ARG: 32, sqlite3.SQLITE_LIMIT_LIKE_PATTERN_LENGTH: 1000}
 
     def run(query: str) -> dict:
         text = _SQL_COMMENT.sub(" ", query).strip().rstrip(";").strip()
@@ -207,23 +215,33 @@ def sql_tool(path: str | Path, *, name: str = "sql", row_limit: int = 100, time_
         if head not in ("SELECT", "WITH") or ";" in text:
             raise ToolArgumentError(f"{name}: only a single SELECT statement is allowed")
         conn = sqlite3.connect(uri, uri=True, check_same_thread=False)
+        timer = threading.Timer(time_limit_s, conn.interrupt)
         try:
+            for limit, value in limits.items():
+                conn.setlimit(limit, value)
             conn.set_authorizer(lambda action, *_: sqlite3.SQLITE_OK if action in _SQL_ALLOWED
                                 else sqlite3.SQLITE_DENY)
             deadline = time.monotonic() + time_limit_s
             conn.set_progress_handler(lambda: int(time.monotonic() > deadline), 10_000)
+            timer.start()
+            rows, size, truncated = [], 0, False
             try:
                 cur = conn.execute(text)
-                rows = cur.fetchmany(row_limit + 1)
+                for row in cur:
+                    size += sum(len(v) if isinstance(v, (str, bytes)) else 8 for v in row)
+                    if len(rows) == row_limit or size > max_result_bytes:
+                        truncated = True
+                        break
+                    rows.append(list(row))
             except sqlite3.Error as exc:
-                if time.monotonic() > deadline:
+                if time.monotonic() > deadline or isinstance(exc, sqlite3.OperationalError) and "interrupt" in str(exc):
                     raise ToolError(f"{name}: query ran past {time_limit_s} s") from None
                 raise ToolArgumentError(f"{name}: {exc}") from None
             columns = [d[0] for d in cur.description or ()]
         finally:
+            timer.cancel()
             conn.close()
-        return {"columns": columns, "rows": [list(r) for r in rows[:row_limit]],
-                "truncated": len(rows) > row_limit}
+        return {"columns": columns, "rows": rows, "truncated": truncated}
 
     description = (f"Run one read-only SQL SELECT on a SQLite database (at most {row_limit} rows). "
                    f"Tables:\n{schema}")
