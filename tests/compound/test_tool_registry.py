@@ -12,8 +12,16 @@ from urllib.parse import parse_qs, urlparse
 
 import pytest
 
-from fleetlm.compound.tools.registry import (Tool, ToolArgumentError, ToolError, ToolRegistry, docs_tool,
-                                             http_tool, python_tool, sql_tool)
+from fleetlm.compound.tools.registry import (
+    Tool,
+    ToolArgumentError,
+    ToolError,
+    ToolRegistry,
+    docs_tool,
+    http_tool,
+    python_tool,
+    sql_tool,
+)
 
 
 def convert(amount: float, currency: Literal["EUR", "USD"], rounding: int = 2) -> dict:
