@@ -282,6 +282,8 @@ class HttpToolConfig(FromDict):
     method: str = "POST"
     headers: dict[str, str] | None = None
     timeout_s: float | None = None  # None: the agent's call_timeout_s
+    # loopback, private and link-local targets are refused unless allowed (a server on the same network)
+    allow_private: bool = False
 
 
 @dataclass(kw_only=True)

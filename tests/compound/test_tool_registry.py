@@ -169,6 +169,17 @@ class _Handler(BaseHTTPRequestHandler):
         url = urlparse(self.path)
         if url.path == "/fail":
             return self._send(500, {"error": "boom"})
+        if url.path == "/redirect":
+            self.send_response(302)
+            self.send_header("location", "/weather")
+            self.send_header("content-length", "0")
+            self.end_headers()
+            return
+        if url.path == "/big":
+            return self._send(200, {"data": "x" * 100_000})
+        if url.path == "/slow":
+            time.sleep(1.5)
+            return self._send(200, {})
         self._send(200, {"method": "GET", "query": {k: v[0] for k, v in parse_qs(url.query).items()}})
 
     def do_POST(self):
@@ -188,18 +199,55 @@ def http_base():
 def test_http_tool_post_get_and_errors(http_base):
     params = {"type": "object", "properties": {"city": {"type": "string"}, "days": {"type": "integer"}},
               "required": ["city"], "additionalProperties": False}
-    post = http_tool("weather", f"{http_base}/weather", description="w", parameters=params, headers={"x-key": "k"})
+    local = {"allow_private": True}  # the test server is on loopback
+    post = http_tool("weather", f"{http_base}/weather", description="w", parameters=params, headers={"x-key": "k"},
+                     **local)
     assert run(post(city="Oslo", days=2)) == {"method": "POST", "body": {"city": "Oslo", "days": 2}, "auth": "k"}
-    get = http_tool("weather_get", f"{http_base}/weather", method="get", description="w", parameters=params)
+    get = http_tool("weather_get", f"{http_base}/weather", method="get", description="w", parameters=params, **local)
     assert run(get(city="Oslo"))["query"] == {"city": "Oslo"}
     with pytest.raises(ToolArgumentError, match="days"):
         run(post(city="Oslo", days="two"))
     with pytest.raises(ToolError, match="500"):
-        run(http_tool("f", f"{http_base}/fail", method="GET", description="f", parameters=params)(city="x"))
+        run(http_tool("f", f"{http_base}/fail", method="GET", description="f", parameters=params, **local)(city="x"))
     with pytest.raises(ToolError, match="failed"):
-        run(http_tool("down", "http://127.0.0.1:9/x", description="d", parameters=params, timeout_s=2)(city="x"))
+        run(http_tool("down", "http://127.0.0.1:9/x", description="d", parameters=params, timeout_s=2,
+                      **local)(city="x"))
     with pytest.raises(ValueError, match="method"):
         http_tool("p", http_base, method="PATCH", description="d", parameters=params)
+
+
+def test_http_tool_refuses_private_targets_and_bounds_answers(http_base):
+    params = {"type": "object", "properties": {"city": {"type": "string"}}}
+    for url in (f"{http_base}/weather", "http://localhost:9/x", "http://169.254.169.254/latest/meta-data",
+                "http://10.0.0.1/x", "http://[::1]:9/x", "file:///etc/passwd"):
+        with pytest.raises(ToolError, match="non-public|only http"):
+            run(http_tool("t", url, method="GET", description="d", parameters=params)(city="x"))
+    # redirects are bounded (each hop is checked like the first)
+    hop = http_tool("hop", f"{http_base}/redirect", method="GET", description="d", parameters=params,
+                    allow_private=True, max_redirects=0)
+    with pytest.raises(ToolError, match="more than 0 redirects"):
+        run(hop(city="x"))
+    big = http_tool("big", f"{http_base}/big", method="GET", description="d", parameters=params,
+                    allow_private=True, max_response_bytes=10_000)
+    with pytest.raises(ToolError, match="over 10000 bytes"):
+        run(big(city="x"))
+    slow = http_tool("slow", f"{http_base}/slow", method="GET", description="d", parameters=params,
+                     allow_private=True, timeout_s=0.3)
+    t0 = time.monotonic()
+    with pytest.raises(ToolError, match="took over 0.3 s|failed"):
+        run(slow(city="x"))
+    assert time.monotonic() - t0 < 2
+
+
+def test_tool_results_are_capped_before_they_reach_a_prompt():
+    def flood(n: int) -> str:
+        """Return n bytes."""
+        return "x" * n
+
+    tool = Tool.from_function(flood)
+    assert run(tool(n=10)) == "x" * 10
+    with pytest.raises(ToolError, match="over the 262144 allowed"):
+        run(tool(n=10**6))
 
 
 def test_docs_tool_finds_the_relevant_passage(tmp_path):

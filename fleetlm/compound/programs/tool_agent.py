@@ -38,7 +38,8 @@ def build_tools(cfg: ToolAgentConfig, *, embedder=None) -> ToolRegistry:
     reg = ToolRegistry(python_tool(ref) for ref in cfg.tools)
     for h in cfg.http:
         reg.add(http_tool(h.name, h.url, description=h.description, parameters=h.parameters, method=h.method,
-                          headers=h.headers, timeout_s=h.timeout_s if h.timeout_s is not None else cfg.call_timeout_s))
+                          headers=h.headers, timeout_s=h.timeout_s if h.timeout_s is not None else cfg.call_timeout_s,
+                          allow_private=h.allow_private))
     if cfg.sqlite:
         reg.add(sql_tool(cfg.sqlite))
     if cfg.docs:

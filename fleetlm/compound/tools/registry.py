@@ -7,7 +7,9 @@ with keyword arguments: `await tool(**args)`. Arguments are validated against th
 first; a bad argument raises :class:`ToolArgumentError` (the caller's mistake: retrying
 cannot help), any other failure raises :class:`ToolError` or the function's own exception.
 Synchronous functions run in asyncio's worker threads (a pool of min(32, CPUs + 4)) so a
-slow tool never blocks the event loop; a timeout stops waiting for one, not its thread.
+slow tool never blocks the event loop; a timeout stops waiting for one, not its thread. A
+result over `max_result_bytes` as JSON (256 KiB by default) is a ToolError, before it can
+reach a prompt.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import importlib
 import inspect
+import json
 import re
 import sqlite3
 import threading
@@ -45,6 +48,8 @@ class Tool:
     parameters: dict  # JSON schema of an object: {"type": "object", "properties": {...}, ...}
     fn: Callable[..., Any] = field(repr=False)  # called with validated keyword arguments
     validate: Callable[[dict], dict] | None = field(default=None, repr=False)  # args -> args to pass
+    # a result larger than this as JSON is a ToolError: it would flood the prompt it is meant for
+    max_result_bytes: int = 256 * 2**10
 
     def __post_init__(self):
         if not NAME_RE.match(self.name):
@@ -103,9 +108,15 @@ class Tool:
                 where = "/".join(str(p) for p in error.absolute_path) or "arguments"
                 raise ToolArgumentError(f"{self.name}: {where}: {error.message}")
         if inspect.iscoroutinefunction(self.fn):
-            return await self.fn(**args)
-        result = await asyncio.to_thread(self.fn, **args)
-        return await result if inspect.isawaitable(result) else result
+            result = await self.fn(**args)
+        else:
+            result = await asyncio.to_thread(self.fn, **args)
+            result = await result if inspect.isawaitable(result) else result
+        size = len(json.dumps(result, default=str, ensure_ascii=False).encode())
+        if size > self.max_result_bytes:
+            raise ToolError(f"{self.name}: its result is {size} bytes as JSON, over the {self.max_result_bytes} "
+                            "allowed")
+        return result
 
 
 class ToolRegistry:
@@ -152,10 +163,17 @@ def python_tool(ref: str) -> Tool:
 
 
 def http_tool(name: str, url: str, *, description: str, parameters: dict, method: str = "POST",
-              headers: dict | None = None, timeout_s: float = 30.0,
-              client: "Any | None" = None) -> Tool:
+              headers: dict | None = None, timeout_s: float = 30.0, allow_private: bool = False,
+              max_response_bytes: int = 2**20, max_redirects: int = 3, client: "Any | None" = None) -> Tool:
     """An HTTP endpoint: POST/PUT sends the arguments as a JSON body, GET/DELETE as query
-    parameters. The answer is its JSON (or text); a status >= 400 raises ToolError."""
+    parameters. The answer is its JSON (or text); a status >= 400 raises ToolError.
+
+    Bounded: the whole call within `timeout_s`, at most `max_response_bytes` read (more is a
+    ToolError), at most `max_redirects` redirects. Unless `allow_private`, a target whose
+    host resolves to a loopback, private, link-local or otherwise non-public address is
+    refused, checked again at each redirect (the model's arguments cannot point the server
+    at its own network). Not closed: a DNS answer that changes between the check and the
+    connection."""
     import httpx
 
     method = method.upper()
@@ -167,19 +185,60 @@ def http_tool(name: str, url: str, *, description: str, parameters: dict, method
         own = client is None
         c = client or httpx.AsyncClient(timeout=timeout_s)
         try:
-            resp = await c.request(method, url, headers=headers, timeout=timeout_s, **kw)
+            async with asyncio.timeout(timeout_s):
+                target, verb = url, method
+                for _ in range(max_redirects + 1):
+                    if not allow_private:
+                        await _check_public(name, target)
+                    async with c.stream(verb, target, headers=headers, timeout=timeout_s, follow_redirects=False,
+                                        **kw) as resp:
+                        if resp.is_redirect and "location" in resp.headers:
+                            target = str(resp.url.join(resp.headers["location"]))
+                            if resp.status_code == 303:
+                                verb, kw = "GET", {}
+                            continue
+                        body = bytearray()
+                        async for part in resp.aiter_bytes():
+                            body += part
+                            if len(body) > max_response_bytes:
+                                raise ToolError(f"{name}: the answer is over {max_response_bytes} bytes")
+                        break
+                else:
+                    raise ToolError(f"{name}: more than {max_redirects} redirects")
+        except TimeoutError:
+            raise ToolError(f"{name}: {method} {url} took over {timeout_s} s") from None
         except httpx.HTTPError as exc:
             raise ToolError(f"{name}: {method} {url} failed: {type(exc).__name__}: {exc}") from None
         finally:
             if own:
                 await c.aclose()
+        text = body.decode(resp.encoding or "utf-8", errors="replace")
         if resp.status_code >= 400:
-            raise ToolError(f"{name}: {method} {url} answered {resp.status_code}: {resp.text[:300]}")
+            raise ToolError(f"{name}: {method} {url} answered {resp.status_code}: {text[:300]}")
         if resp.headers.get("content-type", "").startswith("application/json"):
-            return resp.json()
-        return resp.text
+            return json.loads(text)
+        return text
 
     return Tool(name, description, parameters, call)
+
+
+async def _check_public(name: str, url: str) -> None:
+    """ToolError unless every address `url`'s host resolves to is a public one."""
+    import ipaddress
+    import socket
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ToolError(f"{name}: only http(s) URLs with a host are allowed, got {url!r}")
+    try:
+        infos = await asyncio.get_running_loop().getaddrinfo(parts.hostname, parts.port or 443, type=socket.SOCK_STREAM)
+    except OSError as exc:
+        raise ToolError(f"{name}: cannot resolve {parts.hostname}: {exc}") from None
+    for info in infos:
+        ip = ipaddress.ip_address(info[4][0].split("%")[0])
+        if not ip.is_global:
+            raise ToolError(f"{name}: {parts.hostname} is a non-public address ({ip}); set allow_private to call it")
 
 
 _SQL_ALLOWED = {sqlite3.SQLITE_SELECT, sqlite3.SQLITE_READ, sqlite3.SQLITE_FUNCTION,
