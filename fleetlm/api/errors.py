@@ -28,6 +28,10 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
     # pydantic lists one error per union branch; a validator's own message (value_error) says
     # more than "should be a valid string" from a branch the value was never meant for
     first = next((e for e in errors if e.get("type") == "value_error"), errors[0])
+    unicode = next((e for e in errors if e.get("type") == "string_unicode"), None)
+    if unicode is not None:  # a constrained string pydantic could not read: a lone surrogate
+        where = ".".join(str(x) for x in unicode.get("loc", ()) if x != "body" and "[" not in str(x))
+        return f"{where} is not valid Unicode text (it holds a lone surrogate); send UTF-8 text", where or None
     loc = [str(x) for x in first.get("loc", ()) if x != "body"]
     if first.get("type") == "json_invalid":
         return "request body is not valid JSON", None

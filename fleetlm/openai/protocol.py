@@ -9,11 +9,15 @@ documentation; Fireworks' extensions `top_k`, `min_p` and `repetition_penalty` a
 
 from __future__ import annotations
 
+import json
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, model_validator
 
-MAX_STOP = 16
+MAX_STOP = 16  # stop strings per request
+MAX_STOP_CHARS = 1000  # per stop string
+MAX_TOOLS = 1024  # tools per request (a tool budget, `max_tools`, then keeps the relevant ones)
+MAX_TOOLS_JSON_BYTES = 2 * 2**20  # all tool definitions together, as JSON
 
 
 def invalid_text_at(value, path: str = "") -> str | None:
@@ -105,7 +109,9 @@ class _SamplingFields(_Strict):
     n: Annotated[StrictInt, Field(ge=1, le=16)] = 1
     stream: StrictBool = False
     stream_options: StreamOptions | None = None
-    stop: StrictStr | Annotated[list[StrictStr], Field(max_length=MAX_STOP)] | None = None
+    stop: (Annotated[StrictStr, Field(max_length=MAX_STOP_CHARS)]
+           | Annotated[list[Annotated[StrictStr, Field(max_length=MAX_STOP_CHARS)]], Field(max_length=MAX_STOP)]
+           | None) = None
     seed: StrictInt | None = None
     presence_penalty: Penalty = 0.0
     frequency_penalty: Penalty = 0.0
@@ -129,12 +135,20 @@ class ChatCompletionRequest(_SamplingFields):
     response_format: ResponseFormat | None = None
     # checked in tool_prompt (400s naming the offending tool); tool_choice: "auto" | "none" |
     # "required" | {"type": "function", "function": {"name": ...}}
-    tools: list[dict[str, Any]] | None = None
+    tools: Annotated[list[dict[str, Any]], Field(max_length=MAX_TOOLS)] | None = None
     tool_choice: Any = None
     parallel_tool_calls: StrictBool | None = None
     # fleetlm extension: keep at most this many tools, the most relevant to the last user
     # message (tool retrieval); overrides the server's budget
     max_tools: Annotated[StrictInt, Field(ge=1)] | None = None
+
+    @model_validator(mode="after")
+    def _tools_size(self):
+        if self.tools:
+            size = len(json.dumps(self.tools, ensure_ascii=False).encode())
+            if size > MAX_TOOLS_JSON_BYTES:
+                raise ValueError(f"tools are {size} bytes as JSON, over the {MAX_TOOLS_JSON_BYTES} allowed")
+        return self
 
 
 PromptInput = (

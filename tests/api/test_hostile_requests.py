@@ -93,3 +93,15 @@ def test_text_that_is_not_unicode_is_a_400_naming_the_field(server):
         ok = client.post("/v1/chat/completions", json={"model": "tiny", "max_tokens": 2,
                                                       "messages": [{"role": "user", "content": "fine"}]})
         assert ok.status_code == 200
+
+
+def test_what_a_request_may_name_is_bounded(server):
+    tool = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
+    big = {"type": "function", "function": {"name": "g", "description": "d" * 300_000, "parameters": {"type": "object"}}}
+    chat = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}]}
+    cases = [({**chat, "stop": ["x"] * 17}, "stop"), ({**chat, "stop": "y" * 1001}, "stop"),
+             ({**chat, "tools": [tool] * 1025}, "tools"), ({**chat, "tools": [big] * 7}, "tools are")]
+    with httpx.Client(base_url=server.base_url, timeout=30) as client:
+        for body, where in cases:
+            resp = client.post("/v1/chat/completions", json=body)
+            assert resp.status_code == 400 and where in resp.json()["error"]["message"], resp.text[:300]
