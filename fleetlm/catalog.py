@@ -110,7 +110,8 @@ def build(llm, *, model_id: str, server: ServerConfig, fleet: FleetFile | None =
     from fleetlm.backends.upstream import upstream_targets
 
     fleet = fleet or FleetFile()
-    local = LocalTarget(model_id, llm, EngineInputs(llm.engine, max_tools=server.max_tools))
+    local = LocalTarget(model_id, llm, EngineInputs(llm.engine, max_tools=server.max_tools,
+                                                    prepare_timeout_s=server.prepare_timeout_s))
     out = Fleet(Catalog([local]), engines={model_id: llm})
     catalog = out.catalog
     if llm.engine.lora_pool is not None:

@@ -131,6 +131,8 @@ class ServerConfig(FromDict):
     adapter_rescan_s: float = 2.0
     # Tool budget: requests with more tools keep the most relevant max_tools (None: all).
     max_tools: int | None = None
+    # Preparing one request for the engine (template, tokens, grammar compile) past this: 400.
+    prepare_timeout_s: float = 10.0
     # Compound programs: a folder of .py files whose @program functions are served as
     # compound/<name> (a broken file is logged and skipped; the others still load).
     programs_dir: str | None = None
@@ -138,6 +140,8 @@ class ServerConfig(FromDict):
     def __post_init__(self):
         if not 0 < self.port < 65536:
             raise ValueError(f"ServerConfig.port must be in 1..65535, got {self.port}")
+        if self.prepare_timeout_s <= 0:
+            raise ValueError("ServerConfig.prepare_timeout_s must be > 0")
         if self.max_pending_requests < 1 or self.max_body_bytes < 1024:
             raise ValueError("ServerConfig.max_pending_requests must be >= 1 and max_body_bytes >= 1024")
 

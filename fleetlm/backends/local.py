@@ -12,6 +12,7 @@ request it started, which frees their KV blocks.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
@@ -52,10 +53,21 @@ class LocalTarget:
     def engines(self) -> frozenset[str]:
         return frozenset({self.base_id})
 
+    async def _prepare(self, build, req):
+        """Engine inputs (templating, tokenizing, compiling a grammar) in a worker thread, so a
+        large request never stalls the event loop, within the inputs' time bound."""
+        limit = self.inputs.prepare_timeout_s
+        try:
+            return await asyncio.wait_for(asyncio.to_thread(build, req), limit)
+        except TimeoutError:
+            param = "tools" if getattr(req, "tools", None) else "response_format" if req.response_format else None
+            raise BadRequestError(f"preparing this request took over {limit} s (a grammar too large to "
+                                  "compile in time?); simplify its schema or tools", param=param) from None
+
     # ---- chat ------------------------------------------------------------------------
     async def chat(self, req: ChatCompletionRequest) -> AsyncIterator[ChatChunk]:
         with _engine_errors():
-            inp = self.inputs.chat(req)
+            inp = await self._prepare(self.inputs.chat, req)
             rid = f"chatcmpl-{uuid.uuid4().hex}"
             chunks = self._chat_stream(inp, rid) if req.stream else self._chat_whole(inp, rid)
             async for chunk in chunks:
@@ -105,7 +117,7 @@ class LocalTarget:
     # ---- completions -----------------------------------------------------------------
     async def complete(self, req: CompletionRequest) -> AsyncIterator[CompletionChunk]:
         with _engine_errors():
-            inp = self.inputs.completion(req)
+            inp = await self._prepare(self.inputs.completion, req)
             rid = f"cmpl-{uuid.uuid4().hex}"
             chunks = self._completion_stream(inp, rid, req.n) if req.stream else self._completion_whole(inp, rid, req.n)
             async for chunk in chunks:

@@ -36,10 +36,11 @@ class CompletionInputs:
 class EngineInputs:
     """Builds engine inputs for one engine (its tokenizer, context length and grammars)."""
 
-    def __init__(self, engine, *, max_tools: int | None = None):
+    def __init__(self, engine, *, max_tools: int | None = None, prepare_timeout_s: float = 10.0):
         self.engine = engine  # LLMEngine: tokenizer, max_model_len, grammar compiler
         self.tokenizer = engine.tokenizer
         self.max_tools = max_tools  # the server's tool budget; None: no limit
+        self.prepare_timeout_s = prepare_timeout_s  # the backend's bound on building one request's inputs
 
     def chat(self, req: ChatCompletionRequest) -> ChatInputs:
         tools = tool_session(req, max_tools=self.max_tools, select=select_tools_for_budget)
@@ -98,9 +99,10 @@ class EngineInputs:
             raise BadRequestError("stop strings must not be empty", param="stop")
         structured = None
         if req.response_format is not None:
-            # the schema itself is compiled, and so checked, when the engine validates the request
             structured = StructuredOutput.from_response_format(
                 req.response_format.model_dump(by_alias=True, exclude_none=True))
+            if structured is not None:  # compiled here (cached), so a bad schema is a 400 before queueing
+                self.engine.grammar().compile(structured)
         if tools is not None and tools.grammar is not None:
             if structured is not None:
                 raise BadRequestError("response_format cannot be combined with tools unless tool_choice is 'none'",

@@ -60,3 +60,42 @@ def test_invalid_schema_is_a_400(structured_server):
         "response_format": {"type": "json_schema", "json_schema": {"name": "bad", "schema": {"type": "objekt"}}}})
     assert resp.status_code == 400, resp.text
     assert resp.json()["error"]["param"] == "response_format"
+
+
+def test_a_grammar_that_compiles_too_slowly_is_a_400_and_blocks_no_one(tiny_gemma):
+    """Requests are prepared (template, tokens, grammar) off the event loop under a time bound."""
+    import threading
+    import time
+
+    running, srv, thread = start_server(tiny_gemma, prepare_timeout_s=0.5)
+    compiler = running.llm.engine.grammar()
+    real = compiler.compile
+
+    def slow(spec):  # stands in for a schema that takes seconds to compile
+        time.sleep(2.0)
+        return real(spec)
+
+    compiler.compile = slow
+    try:
+        answers = {}
+
+        def structured():
+            answers["slow"] = httpx.post(f"{running.base_url}/v1/chat/completions", timeout=30, json={
+                "model": "tiny", "messages": [{"role": "user", "content": "x"}],
+                "response_format": {"type": "json_object"}})
+
+        t = threading.Thread(target=structured)
+        t.start()
+        time.sleep(0.1)
+        t0 = time.monotonic()
+        plain = httpx.post(f"{running.base_url}/v1/completions", timeout=30,
+                           json={"model": "tiny", "prompt": "meanwhile", "max_tokens": 2})
+        assert plain.status_code == 200 and time.monotonic() - t0 < 1.5  # not stuck behind the compile
+        t.join(30)
+        err = answers["slow"].json()["error"]
+        assert answers["slow"].status_code == 400 and err["param"] == "response_format"
+        assert "took over 0.5 s" in err["message"]
+    finally:
+        compiler.compile = real
+        srv.should_exit = True
+        thread.join(10)
