@@ -185,7 +185,7 @@ def main() -> int:
     text = "\n".join(lines)
     print(text)
     (RESULTS / "soak.txt").write_text(f"# python benchmarks/soak.py --requests {args.requests} "
-                                      f"--clients {args.clients}\n{text}\n")
+                                      f"--clients {args.clients} --rounds {args.rounds}\n{text}\n")
     return 0 if not out["failed"] and not fivexx else 1
 
 
