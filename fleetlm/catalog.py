@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from fleetlm.config import FleetFile, RouterConfig, ServerConfig
-from fleetlm.openai.chunks import ChatChunk, CompletionChunk, ModelCard
+from fleetlm.openai.chunks import ChatChunk, CompletionChunk, ModelCard, Pricing
 from fleetlm.openai.errors import NotFoundError
 from fleetlm.openai.protocol import ChatCompletionRequest, CompletionRequest
 
@@ -111,7 +111,8 @@ def build(llm, *, model_id: str, server: ServerConfig, fleet: FleetFile | None =
 
     fleet = fleet or FleetFile()
     local = LocalTarget(model_id, llm, EngineInputs(llm.engine, max_tools=server.max_tools,
-                                                    prepare_timeout_s=server.prepare_timeout_s))
+                                                    prepare_timeout_s=server.prepare_timeout_s),
+                        pricing=Pricing(server.price_input_per_mtok, server.price_output_per_mtok))
     out = Fleet(Catalog([local]), engines={model_id: llm})
     catalog = out.catalog
     if llm.engine.lora_pool is not None:

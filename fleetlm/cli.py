@@ -81,7 +81,8 @@ def cmd_serve(args) -> int:
     server = given(ServerConfig, host=args.host, port=args.port, adapters_dir=args.adapters_dir,
                     max_tools=args.max_tools, api_key=args.api_key or os.environ.get("FLEETLM_API_KEY") or None,
                     served_model_name=args.served_model_name, max_pending_requests=args.max_pending_requests,
-                    enable_embeddings=False if args.no_embeddings else None, programs_dir=args.programs_dir)
+                    enable_embeddings=False if args.no_embeddings else None, programs_dir=args.programs_dir,
+                    price_input_per_mtok=args.price_input_per_mtok, price_output_per_mtok=args.price_output_per_mtok)
     fleet_file = None
     if args.config:
         from fleetlm.config import load_fleet_toml
@@ -242,12 +243,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-lora-rank", type=int, help=default_of(EngineConfig, "max_lora_rank"))
     s.add_argument("--max-tools", type=int,
                    help="requests with more tools keep only the most relevant N (tool retrieval)")
+    s.add_argument("--price-input-per-mtok", type=float, help="the local model's price, $ per million prompt "
+                   f"tokens, for usage cost and key budgets {default_of(ServerConfig, 'price_input_per_mtok')}")
+    s.add_argument("--price-output-per-mtok", type=float, help="$ per million completion tokens "
+                   + default_of(ServerConfig, "price_output_per_mtok"))
     s.add_argument("--programs-dir", help="folder of .py files whose @program functions are served as "
                                          "compound/<name>")
     s.add_argument("--config",
                    help="fleet.toml with [[upstream]] servers (upstream/<name>/<model>), "
                         "[[router]]s (router/<name>), [[pool]]s (one model id, routed by prompt length) "
-                        "[[tool_agent]]s and [[program]]s (compound/<name>)")
+                        "[[tool_agent]]s and [[program]]s (compound/<name>), and [tenants] (API keys, "
+                        "budgets, the usage ledger, the Batch API)")
     s.set_defaults(func=cmd_serve)
 
     from fleetlm.compound.router.cli import add_router_parser
@@ -263,6 +269,9 @@ def build_parser() -> argparse.ArgumentParser:
     from fleetlm.evals.cli import add_eval_parser
 
     add_eval_parser(sub)
+    from fleetlm.tenants.cli import add_tenants_parsers
+
+    add_tenants_parsers(sub)
 
     for name, fn, doc in [("chat", cmd_chat, "chat with a running server, or with the engine in-process"),
                           ("models", cmd_models, "list the models of a running server (or the local ones)")]:

@@ -123,6 +123,9 @@ class ServerConfig(FromDict):
     served_model_name: str | None = None  # model id clients use; default: the engine's model id
     max_pending_requests: int = 256  # generation requests in flight; beyond it: 429 + Retry-After
     max_body_bytes: int = 8 * 2**20  # larger request bodies get 413
+    # the request line and headers together; uvicorn refuses a larger head before the app sees it
+    # (room for an over-long Authorization header, answered as the 401 it is)
+    max_request_head_bytes: int = 2 * 2**20
     enable_embeddings: bool = True  # serve all-MiniLM-L6-v2 on /v1/embeddings
     shutdown_timeout_s: float = 30.0  # graceful shutdown: in-flight requests get this long
     # LoRA adapters (engine started with enable_lora): each sub-folder is served as
@@ -136,6 +139,9 @@ class ServerConfig(FromDict):
     # Compound programs: a folder of .py files whose @program functions are served as
     # compound/<name> (a broken file is logged and skipped; the others still load).
     programs_dir: str | None = None
+    # What the local model and its adapters cost, $ per million tokens: priced usage, budgets.
+    price_input_per_mtok: float = 0.0
+    price_output_per_mtok: float = 0.0
 
     def __post_init__(self):
         if not 0 < self.port < 65536:
@@ -357,6 +363,32 @@ class ProgramConfig(FromDict):
             raise ValueError(f"program {self.name}: tool_timeout_s must be > 0")
 
 
+@dataclass(kw_only=True)
+class TenantsConfig(FromDict):
+    """`[tenants]`: API keys with budgets and rate limits, the usage ledger and the Batch API,
+    kept in one database. With it, every path but /health needs a key (a tenant's, or the
+    server's `api_key`, which is the master key and the only one that may manage keys)."""
+
+    database: str = "fleetlm.db"  # SQLite file (relative to fleet.toml)
+    files_dir: str | None = None  # uploaded and batch output files; default: <database>.files beside it
+    batch_discount: float = 0.5  # batch requests are billed at (1 - discount) of the model's prices
+    batch_concurrency: int = 2  # batch lines in flight at once (interactive traffic comes first)
+    max_file_bytes: int = 100 * 2**20  # largest upload to /v1/files
+    max_batch_lines: int = 50_000  # most requests in one batch input file
+    key_cache_s: float = 2.0  # a key's record is re-read after this long (revocation takes effect within it)
+    default_max_tokens: int = 4096  # completion length assumed for a budget when a request sets none
+
+    def __post_init__(self):
+        if not 0 <= self.batch_discount < 1:
+            raise ValueError(f"tenants batch_discount must be in [0, 1), got {self.batch_discount}")
+        if self.batch_concurrency < 1 or self.max_batch_lines < 1 or self.max_file_bytes < 1:
+            raise ValueError("tenants batch_concurrency, max_batch_lines and max_file_bytes must be >= 1")
+        if self.key_cache_s < 0 or self.default_max_tokens < 1:
+            raise ValueError("tenants key_cache_s must be >= 0 and default_max_tokens >= 1")
+        if self.files_dir is None:
+            self.files_dir = f"{self.database}.files"
+
+
 @dataclass
 class FleetFile:
     """A fleet.toml, every table validated into its dataclass."""
@@ -367,6 +399,7 @@ class FleetFile:
     devices: list[Device] = field(default_factory=list)  # for `fleet plan` / `fleet hardware`
     tool_agents: list[ToolAgentConfig] = field(default_factory=list)
     programs: list[ProgramConfig] = field(default_factory=list)
+    tenants: TenantsConfig | None = None  # `[tenants]`: keys, budgets, ledger, batches
 
 
 # fleet.toml table -> (its dataclass, FleetFile field, the key that must be unique)
@@ -377,17 +410,21 @@ TABLES = {"upstream": (UpstreamConfig, "upstreams", "name"), "router": (RouterCo
 
 def load_fleet_toml(path: str) -> FleetFile:
     """Read a fleet.toml (`[[upstream]]`, `[[router]]`, `[[pool]]`, `[[device]]`,
-    `[[tool_agent]]` and `[[program]]` tables) into typed configs; unknown tables or keys are
-    errors. Relative file paths in it (a router's `path`, a tool agent's `sqlite` and `docs`)
-    are read relative to the file's folder."""
+    `[[tool_agent]]` and `[[program]]` tables, and one `[tenants]`) into typed configs; unknown
+    tables or keys are errors. Relative file paths in it (a router's `path`, a tool agent's
+    `sqlite` and `docs`, the tenants' database) are read relative to the file's folder."""
     import tomllib
 
     with open(path, "rb") as f:
         data = tomllib.load(f)
-    unknown = sorted(set(data) - set(TABLES))
+    unknown = sorted(set(data) - set(TABLES) - {"tenants"})
     if unknown:
-        raise ValueError(f"{path}: unknown table(s) {', '.join(unknown)}; known: {', '.join(TABLES)}")
+        raise ValueError(f"{path}: unknown table(s) {', '.join(unknown)}; known: {', '.join(TABLES)}, tenants")
     fleet = FleetFile()
+    if "tenants" in data:
+        if not isinstance(data["tenants"], dict):
+            raise ValueError(f"{path}: [tenants] is one table, not a list")
+        fleet.tenants = TenantsConfig.from_dict(dict(data["tenants"]), label="tenants")
     for table, (cls, attr, key) in TABLES.items():
         items = [cls.from_dict(dict(values), label=table) for values in data.get(table, [])]
         keys = [getattr(item, key) for item in items]
@@ -401,6 +438,9 @@ def load_fleet_toml(path: str) -> FleetFile:
         r.path = _beside(here, r.path)
     for a in fleet.tool_agents:
         a.sqlite, a.docs = _beside(here, a.sqlite), _beside(here, a.docs)
+    if fleet.tenants is not None:
+        t = fleet.tenants
+        t.database, t.files_dir = _beside(here, t.database), _beside(here, t.files_dir)
     return fleet
 
 

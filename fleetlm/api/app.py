@@ -16,7 +16,7 @@ from fleetlm.api.errors import error_response, install_error_handlers
 from fleetlm.api.metrics import Metrics
 from fleetlm.api.middleware import install_middleware
 from fleetlm.catalog import Fleet
-from fleetlm.config import ServerConfig
+from fleetlm.config import ServerConfig, TenantsConfig
 from fleetlm.openai import format as fmt
 from fleetlm.openai.errors import BadRequestError
 from fleetlm.openai.protocol import (
@@ -28,23 +28,51 @@ from fleetlm.openai.protocol import (
 )
 
 
-def create_app(config: ServerConfig, fleet: Fleet, *, embedder=None) -> FastAPI:
-    """The server for `fleet`; its engines and upstream clients are closed at shutdown."""
+def create_app(config: ServerConfig, fleet: Fleet, *, embedder=None, tenants: TenantsConfig | None = None) -> FastAPI:
+    """The server for `fleet`; its engines and upstream clients are closed at shutdown. With
+    `tenants`, keys, budgets and the ledger live in its database (closed at shutdown too)."""
     metrics = Metrics()
     for llm in fleet.engines.values():
         metrics.bind_engine(llm)
-    dispatch = Dispatch(fleet.catalog, metrics, max_pending=config.max_pending_requests)
+    gate = None
+    if tenants is not None:
+        from fleetlm.tenants.gate import Tenants
+
+        gate = Tenants(tenants, master_key=config.api_key)
+    dispatch = Dispatch(fleet.catalog, metrics, max_pending=config.max_pending_requests, tenants=gate)
+    runner = None
+    if gate is not None:
+        from fleetlm.tenants.files import FileStore
+        from fleetlm.tenants.runner import BatchRunner
+
+        files = FileStore(gate.db, tenants.files_dir, max_bytes=tenants.max_file_bytes)
+        runner = BatchRunner(gate.db, files, dispatch.answer, concurrency=tenants.batch_concurrency,
+                             discount=tenants.batch_discount, max_lines=tenants.max_batch_lines,
+                             interactive=lambda: dispatch.interactive)
     metrics.pending.set_function(lambda: dispatch.admission.total)
     created = int(time.time())
 
     @asynccontextmanager
     async def lifespan(_app):
+        if runner is not None:
+            await runner.start()  # batches left unfinished by the last run resume now
         yield
+        if runner is not None:
+            await runner.stop()
         await fleet.aclose()
+        if gate is not None:
+            gate.close()
 
     app = FastAPI(title="fleetlm", version="0.1.0", lifespan=lifespan)
     install_error_handlers(app)
-    install_middleware(app, metrics, api_key=config.api_key, max_body_bytes=config.max_body_bytes)
+    install_middleware(app, metrics, api_key=config.api_key, max_body_bytes=config.max_body_bytes, tenants=gate,
+                       upload_bytes=tenants.max_file_bytes + 2**20 if tenants else None)
+    if gate is not None:
+        from fleetlm.api.admin import install_admin
+        from fleetlm.api.batches import install_batches
+
+        install_admin(app, gate)
+        install_batches(app, files, runner)
 
     @app.get("/health")
     async def health():
@@ -56,11 +84,12 @@ def create_app(config: ServerConfig, fleet: Fleet, *, embedder=None) -> FastAPI:
         return PlainTextResponse(metrics.render(), media_type="text/plain; version=0.0.4")
 
     @app.get("/v1/models")
-    async def models():
+    async def models(raw: Request):
         data = [fmt.model_card(card, created) for card in fleet.catalog.cards()]
         if embedder is not None:
             data.append({"id": embedder.model_id, "object": "model", "created": created, "owned_by": "fleetlm"})
-        return {"object": "list", "data": data}
+        caller = getattr(raw.state, "caller", None)  # a tenant's key sees the models it may use
+        return {"object": "list", "data": [m for m in data if caller is None or caller.allows(m["id"])]}
 
     @app.post("/v1/chat/completions")
     async def chat(req: ChatCompletionRequest, raw: Request) -> Response:
@@ -71,7 +100,10 @@ def create_app(config: ServerConfig, fleet: Fleet, *, embedder=None) -> FastAPI:
         return await dispatch.complete(req, raw)
 
     @app.post("/v1/embeddings")
-    async def embeddings(req: EmbeddingRequest):
+    async def embeddings(req: EmbeddingRequest, raw: Request):
+        caller = getattr(raw.state, "caller", None)
+        if gate is not None and caller is not None:
+            gate.check_model(caller, req.model)
         return await embed(embedder, req)
 
     def registry():

@@ -10,8 +10,13 @@ Contract, for every chat and completion request whatever Target serves it:
   are sent only after the first chunk, so an error before it is a real HTTP error (a router
   has already fallen back by then); an error after it goes in-band, as OpenAI does. Every
   answer names the model that served in `x-fleetlm-served-by`;
-- **the ledger**: the request is recorded once when it ends (`Metrics.record`): model asked,
-  model served, usage, cost, latency, status, and a program's sub-calls;
+- **keys, budgets, the ledger**: with tenants configured, a tenant key's allowlist, rate
+  limits and budget are checked before admission, with the request's worst-case cost
+  reserved (`fleetlm.tenants`); a stream whose running cost passes its reservation is ended
+  in-band. The request is recorded once when it ends, whatever its status: Prometheus
+  (`Metrics.record`) and the database ledger (`Tenants.settle`: model asked, model served,
+  usage, cost, latency, status, a program's sub-calls). A stream cut short is billed for the
+  tokens it had sent (Targets put a running `usage` on their chunks);
 - **disconnects**: the request's work runs as a task that is cancelled when the client goes
   away (polled while nothing is sent yet; Starlette cancels a stream's writer), and closing
   a Target's iterator aborts everything it started: engine rows, upstream streams, a
@@ -36,6 +41,7 @@ from fleetlm.catalog import Catalog
 from fleetlm.openai import format as fmt
 from fleetlm.openai.chunks import ChatChunk, Usage, collect_chat, collect_completion
 from fleetlm.openai.errors import APIError, ClientDisconnectedError, RateLimitError, UnavailableError, error_body
+from fleetlm.tenants.ledger import LedgerRow
 
 log = logging.getLogger("fleetlm.api")
 
@@ -66,9 +72,10 @@ class Admission:
 
 
 class Dispatch:
-    def __init__(self, catalog: Catalog, metrics: Metrics, *, max_pending: int):
-        self.catalog, self.metrics = catalog, metrics
+    def __init__(self, catalog: Catalog, metrics: Metrics, *, max_pending: int, tenants=None):
+        self.catalog, self.metrics, self.tenants = catalog, metrics, tenants  # tenants: fleetlm.tenants.gate.Tenants
         self.admission = Admission(max_pending)
+        self.interactive = 0  # HTTP requests in flight (batch lines wait behind them)
 
     async def chat(self, req, raw: Request) -> Response:
         return await self._serve("chat", req, raw)
@@ -79,12 +86,25 @@ class Dispatch:
     async def _serve(self, endpoint: str, req, raw: Request) -> Response:
         target = self.catalog.resolve(req.model)
         engines = target.engines()
-        self.admission.enter(engines)
+        caller = getattr(raw.state, "caller", None)
+        held = self.tenants.admit(caller, req.model, req, target, self.catalog) if self.tenants and caller else None
+        try:
+            self.admission.enter(engines)
+        except APIError:
+            if held is not None:
+                self.tenants.limiter.settle(held, 0.0, 0)
+            raise
         t0 = time.monotonic()
         chat = endpoint == "chat"
         chunks = target.chat(req) if chat else target.complete(req)
         rid = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}"
         rec = RequestRecord(endpoint, req.model, "", 499)
+        self.interactive += 1
+
+        def end():
+            self.interactive -= 1
+            self._end(rec, engines, t0, rid=rid, caller=caller, held=held)
+
         streaming = False
         try:
             if not req.stream:
@@ -99,12 +119,13 @@ class Dispatch:
             except StopAsyncIteration:
                 raise UnavailableError(f"{req.model} gave no answer") from None
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
-            events = sse_events(first, chunks, rid=rid, include_usage=include_usage, record=rec)
+            events = sse_events(first, chunks, rid=rid, include_usage=include_usage, record=rec,
+                                limit_usd=held.usd if held is not None else None)
 
             async def close():
                 await events.aclose()  # closes `chunks` too, if the stream ever started
                 await chunks.aclose()
-                self._end(rec, engines, t0)
+                end()
 
             streaming = True
             return StreamingAnswer(events, close, media_type="text/event-stream",
@@ -118,12 +139,55 @@ class Dispatch:
         finally:
             if not streaming:
                 await chunks.aclose()
-                self._end(rec, engines, t0)
+                end()
 
-    def _end(self, rec: RequestRecord, engines, t0: float) -> None:
+    async def answer(self, caller, endpoint: str, req, *, batch_id: str | None = None,
+                     discount: float = 0.0) -> tuple[int, dict]:
+        """One non-streamed request on behalf of `caller` (a batch line), through the same
+        checks, admission and ledger as an HTTP request: (status, the JSON body). Its cost is
+        billed at (1 - `discount`)."""
+        chat = endpoint == "chat"
+        rid = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}"
+        rec = RequestRecord(endpoint, req.model, "", 499)
+        t0, engines, held, entered = time.monotonic(), frozenset(), None, False
+        try:
+            target = self.catalog.resolve(req.model)
+            engines = target.engines()
+            held = self.tenants.admit(caller, req.model, req, target, self.catalog) if self.tenants and caller else None
+            self.admission.enter(engines)
+            entered = True
+            chunks = target.chat(req) if chat else target.complete(req)
+            try:
+                result = await (collect_chat(chunks) if chat else collect_completion(chunks))
+            finally:
+                await chunks.aclose()
+            rec.served_by, rec.usage, rec.timing = result.served_by, result.usage, result.timing
+            rec.calls, rec.status = result.calls, 200
+            return 200, fmt.chat_completion(result, rid) if chat else fmt.text_completion(result, rid)
+        except APIError as exc:
+            rec.status = exc.status
+            return exc.status, exc.body()
+        except Exception as exc:  # noqa: BLE001 - a bug below: this line fails, the batch goes on
+            log.exception("batch request failed")
+            rec.status = 500
+            return 500, error_body(500, f"internal error: {type(exc).__name__}")
+        finally:
+            if entered:
+                self._end(rec, engines, t0, rid=rid, caller=caller, held=held, batch_id=batch_id, discount=discount)
+            elif held is not None:
+                self.tenants.limiter.settle(held, 0.0, 0)
+
+    def _end(self, rec: RequestRecord, engines, t0: float, *, rid: str, caller, held, batch_id: str | None = None,
+             discount: float = 0.0) -> None:
         self.admission.leave(engines)
         rec.latency_s = time.monotonic() - t0
         self.metrics.record(rec)
+        if self.tenants is not None:
+            u = rec.usage
+            row = LedgerRow(rid, time.time(), caller.key_id if caller else None, rec.endpoint, rec.model, rec.served_by,
+                            u.prompt_tokens, u.completion_tokens, u.cached_tokens, u.cost_usd * (1 - discount),
+                            rec.latency_s, rec.status, batch_id=batch_id)
+            self.tenants.settle(held, row, rec.calls)
 
 
 class StreamingAnswer(StreamingResponse):
@@ -158,10 +222,12 @@ async def until_disconnect(raw: Request, work: Awaitable):
 
 
 async def sse_events(first, chunks: AsyncIterator, *, rid: str, include_usage: bool,
-                     record: RequestRecord | None = None) -> AsyncIterator[str]:
+                     record: RequestRecord | None = None, limit_usd: float | None = None) -> AsyncIterator[str]:
     """A Target's stream as SSE events, starting from its already-awaited `first` chunk; the
     iterator is closed at the end, however it ends. `record` (if given) is filled in: who
-    served, usage, timing, sub-calls, and the status (200, an in-band error's, or 499)."""
+    served, usage (running, so a stream cut short is billed for what it sent), timing,
+    sub-calls, and the status (200, an in-band error's, or 499). A stream whose running cost
+    passes `limit_usd` is ended with an in-band 429 `insufficient_quota`."""
     kind = "chat.completion.chunk" if isinstance(first, ChatChunk) else "text_completion"
     created = int(time.time())
     served_by, usage = first.served_by, Usage()
@@ -169,12 +235,15 @@ async def sse_events(first, chunks: AsyncIterator, *, rid: str, include_usage: b
     chunk = first
     try:
         while True:
-            if chunk.choices or chunk.extra:
-                yield _sse(fmt.stream_chunk(chunk, rid, created))
             served_by = chunk.served_by or served_by
             usage = chunk.usage or usage
             rec.served_by, rec.usage = served_by, usage
             rec.timing, rec.calls = chunk.timing or rec.timing, rec.calls + chunk.calls
+            if chunk.choices or chunk.extra:
+                yield _sse(fmt.stream_chunk(chunk, rid, created))
+            if limit_usd is not None and usage.cost_usd > limit_usd * (1 + 1e-9):
+                raise RateLimitError(f"the key's budget ran out after ${usage.cost_usd:.6f} of this answer",
+                                     code="insufficient_quota")
             try:
                 chunk = await anext(chunks)
             except StopAsyncIteration:

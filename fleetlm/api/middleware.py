@@ -1,9 +1,12 @@
 """HTTP middleware: request-body limit (413) and bearer-key auth (401), with request counts.
 
-Contract: a body over `max_bytes` is refused whether or not Content-Length is sent; with an
-API key configured, every path but OPEN_PATHS needs `Authorization: Bearer <key>` (compared
-in constant time). Every request is counted by route and status; unknown paths share one
-label, so random paths cannot grow the label set."""
+Contract: a body over `max_bytes` is refused whether or not Content-Length is sent. With
+tenants configured, every path but /health needs `Authorization: Bearer <key>`, a tenant's
+key or the master key (the server's `api_key`), and /v1/admin/* the master key (403
+otherwise); with only an API key, every path but OPEN_PATHS needs that key (compared in
+constant time). Whoever called is left in the request's state (`request.state.caller`, a
+`fleetlm.tenants.gate.Caller`). Every request is counted by route and status; unknown paths
+share one label, so random paths cannot grow the label set."""
 
 from __future__ import annotations
 
@@ -16,20 +19,23 @@ from fleetlm.api.metrics import Metrics
 
 OPEN_PATHS = ("/health", "/metrics", "/docs", "/openapi.json")
 ROUTES = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/models")
+MAX_AUTHORIZATION_BYTES = 1024  # a longer Authorization header holds no key of ours: 401, not read
 
 
 class BodyLimit:
-    """ASGI middleware: 413 for bodies over the limit, whether or not Content-Length is sent."""
+    """ASGI middleware: 413 for bodies over the limit, whether or not Content-Length is sent;
+    file uploads (/v1/files) have their own, larger limit."""
 
-    def __init__(self, app, max_bytes: int):
-        self.app, self.max_bytes = app, max_bytes
+    def __init__(self, app, max_bytes: int, upload_bytes: int | None = None):
+        self.app, self.max_bytes, self.upload_bytes = app, max_bytes, upload_bytes
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        limit = self.upload_bytes if self.upload_bytes and scope["path"] == "/v1/files" else self.max_bytes
         declared = dict(scope.get("headers") or []).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            return await self._reject(send)
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            return await self._reject(send, limit)
         seen = 0
 
         async def limited():
@@ -37,17 +43,17 @@ class BodyLimit:
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
-                if seen > self.max_bytes:
+                if seen > limit:
                     raise _TooLarge()
             return message
 
         try:
             await self.app(scope, limited, send)
         except _TooLarge:
-            await self._reject(send)
+            await self._reject(send, limit)
 
-    async def _reject(self, send):
-        resp = error_response(413, f"request body larger than {self.max_bytes} bytes")
+    async def _reject(self, send, limit: int):
+        resp = error_response(413, f"request body larger than {limit} bytes")
         await send({"type": "http.response.start", "status": 413, "headers": resp.raw_headers})
         await send({"type": "http.response.body", "body": resp.body})
 
@@ -61,22 +67,27 @@ class AuthAndCount:
     Plain ASGI (not Starlette's BaseHTTPMiddleware), so `Request.is_disconnected()` still
     sees a client that goes away."""
 
-    def __init__(self, app, metrics: Metrics, api_key: str | None):
-        self.app, self.metrics, self.api_key = app, metrics, api_key
+    def __init__(self, app, metrics: Metrics, api_key: str | None, tenants=None):
+        self.app, self.metrics, self.api_key, self.tenants = app, metrics, api_key, tenants
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         path = scope["path"]
         label = path if path in ROUTES else "other"
-        if self.api_key and not path.startswith(OPEN_PATHS):
-            header = dict(scope.get("headers") or []).get(b"authorization", b"").decode("latin-1")
-            token = header[7:] if header.lower().startswith("bearer ") else ""
-            if not hmac.compare_digest(token.encode(), self.api_key.encode()):
-                self.metrics.requests.labels(label, "401").inc()
-                resp = error_response(401, "invalid or missing API key (Authorization: Bearer ...)",
-                                      code="invalid_api_key")
-                return await resp(scope, receive, send)
+        guarded = path != "/health" if self.tenants is not None else \
+            bool(self.api_key) and not path.startswith(OPEN_PATHS)
+        if guarded:
+            caller, why = await self._caller(_bearer(scope))
+            refusal = None
+            if caller is None:
+                refusal = error_response(401, f"{why} (send Authorization: Bearer <key>)", code="invalid_api_key")
+            elif path.startswith("/v1/admin") and not caller.is_master:
+                refusal = error_response(403, "the admin API needs the master key", code="permission_denied")
+            if refusal is not None:
+                self.metrics.requests.labels(label, str(refusal.status_code)).inc()
+                return await refusal(scope, receive, send)
+            scope.setdefault("state", {})["caller"] = caller
         status = "500"  # if the app fails before it answers
 
         async def counted(message):
@@ -90,8 +101,27 @@ class AuthAndCount:
         finally:
             self.metrics.requests.labels(label, status).inc()
 
+    async def _caller(self, token: str):
+        if self.tenants is not None:
+            return await self.tenants.authenticate(token)
+        from fleetlm.tenants.gate import Caller
 
-def install_middleware(app: FastAPI, metrics: Metrics, *, api_key: str | None, max_body_bytes: int) -> None:
+        if hmac.compare_digest(token.encode("utf-8", "surrogatepass"), self.api_key.encode()):
+            return Caller(None), ""
+        return None, "invalid or missing API key"
+
+
+def _bearer(scope) -> str:
+    """The bearer token of the Authorization header ("" if none, or if it is too long to be a key)."""
+    header = dict(scope.get("headers") or []).get(b"authorization", b"")
+    if len(header) > MAX_AUTHORIZATION_BYTES:
+        return ""
+    text = header.decode("latin-1")
+    return text[7:].strip() if text.lower().startswith("bearer ") else ""
+
+
+def install_middleware(app: FastAPI, metrics: Metrics, *, api_key: str | None, max_body_bytes: int,
+                       tenants=None, upload_bytes: int | None = None) -> None:
     """Body limit outermost, then auth and counting."""
-    app.add_middleware(AuthAndCount, metrics=metrics, api_key=api_key)
-    app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
+    app.add_middleware(AuthAndCount, metrics=metrics, api_key=api_key, tenants=tenants)
+    app.add_middleware(BodyLimit, max_bytes=max_body_bytes, upload_bytes=upload_bytes)

@@ -77,7 +77,7 @@ def app_for_engine(llm, *, model_id: str, config: ServerConfig, fleet_file: Flee
     from fleetlm.catalog import build
 
     fleet = build(llm, model_id=model_id, server=config, fleet=fleet_file, embedder=embedder)
-    return create_app(config, fleet, embedder=embedder)
+    return create_app(config, fleet, embedder=embedder, tenants=fleet_file.tenants if fleet_file else None)
 
 
 def serve(engine_config: EngineConfig, server_config: ServerConfig, fleet_file=None) -> None:
@@ -85,4 +85,5 @@ def serve(engine_config: EngineConfig, server_config: ServerConfig, fleet_file=N
 
     app = build_app(engine_config, server_config, fleet_file)
     uvicorn.run(app, host=server_config.host, port=server_config.port, log_level="info",
-                timeout_graceful_shutdown=server_config.shutdown_timeout_s)
+                timeout_graceful_shutdown=server_config.shutdown_timeout_s,
+                h11_max_incomplete_event_size=server_config.max_request_head_bytes)

@@ -4,10 +4,11 @@ LoRA adapters (`<base>:<adapter>`).
 Contract: `chat` / `complete` validate the request (every mistake raises an `APIError` before
 the engine sees it), run it on the engine and yield typed chunks: a streamed request one
 chunk per OpenAI delta as tokens come, a non-streamed one a single chunk holding the whole
-answer; either way a last chunk carries `Usage` (with prefix-cache hits) and the engine's
-timing. Engine errors become `APIError`s here (a stopped engine is a 503, so a router falls
-back). Leaving the iterator early (a cancelled task, a closed stream) aborts every engine
-request it started, which frees their KV blocks.
+answer; either way a last chunk carries `Usage` (with prefix-cache hits, priced at the
+model's `pricing`) and the engine's timing, and a stream's content chunks carry the running
+usage so far (what a stream cut short has cost). Engine errors become `APIError`s here (a
+stopped engine is a 503, so a router falls back). Leaving the iterator early (a cancelled
+task, a closed stream) aborts every engine request it started, which frees their KV blocks.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from fleetlm.openai.chunks import (
     CompletionChunk,
     CompletionDelta,
     ModelCard,
+    Pricing,
     Timing,
     Usage,
 )
@@ -41,14 +43,16 @@ class LocalTarget:
     """One model id on the local engine: the base model (`lora` None) or one adapter."""
 
     def __init__(self, model_id: str, llm: AsyncLLM, inputs: EngineInputs, *, lora: LoRARequest | None = None,
-                 base_id: str | None = None):
+                 base_id: str | None = None, pricing: Pricing | None = None):
         self.model_id, self.llm, self.inputs, self.lora = model_id, llm, inputs, lora
         self.base_id = base_id or model_id  # the engine's own model id (admission counts per engine)
+        self.pricing = pricing or Pricing()
         self.tokenizer = inputs.tokenizer
 
     def card(self) -> ModelCard:
         return ModelCard(self.model_id, max_model_len=self.inputs.engine.max_model_len,
-                         parent=self.base_id if self.lora else None, root=self.lora.path if self.lora else None)
+                         parent=self.base_id if self.lora else None, root=self.lora.path if self.lora else None,
+                         pricing=self.pricing)
 
     def engines(self) -> frozenset[str]:
         return frozenset({self.base_id})
@@ -89,7 +93,7 @@ class LocalTarget:
                 message, finish = {"role": "assistant", "content": c.text}, _finish(c.finish_reason)
             lp = fmt.chat_logprobs(self.tokenizer, c.logprobs or []) if want_lp else None
             choices.append(fmt.parse_chat_delta(c.index, message, finish, lp))
-        yield ChatChunk(served_by=self.model_id, choices=choices, **_totals(finals, [len(inp.ids)]))
+        yield ChatChunk(served_by=self.model_id, choices=choices, **_totals(finals, [len(inp.ids)], self.pricing))
 
     async def _chat_stream(self, inp: ChatInputs, rid: str) -> AsyncIterator[ChatChunk]:
         streams: dict[int, ChoiceDeltas] = {}
@@ -107,12 +111,13 @@ class LocalTarget:
                         lp = fmt.chat_logprobs(self.tokenizer, c.logprobs[n_lp:])
                         sent_lp[c.index] = len(c.logprobs)
                     last = k == len(deltas) - 1
-                    yield ChatChunk(served_by=self.model_id,
+                    yield ChatChunk(served_by=self.model_id, usage=_running(finals, [len(inp.ids)], self.pricing),
                                     choices=[fmt.parse_chat_delta(c.index, delta, finish if last else None, lp)])
-            if not (out.finished or stopping) and len(streams) == inp.params.n and all(s.done for s in streams.values()):
+            every_done = len(streams) == inp.params.n and all(s.done for s in streams.values())
+            if not (out.finished or stopping) and every_done:
                 stopping = True  # every choice ended with a repeated tool call: stop generating
                 self.llm.abort(f"{rid}-0")
-        yield ChatChunk(served_by=self.model_id, **_totals(finals, [len(inp.ids)]))
+        yield ChatChunk(served_by=self.model_id, **_totals(finals, [len(inp.ids)], self.pricing))
 
     # ---- completions -----------------------------------------------------------------
     async def complete(self, req: CompletionRequest) -> AsyncIterator[CompletionChunk]:
@@ -133,12 +138,12 @@ class LocalTarget:
                                    if want_lp else None, _finish(c.finish_reason))
                    for i in range(len(inp.prompts)) for c in finals[i].outputs]
         yield CompletionChunk(served_by=self.model_id, choices=choices,
-                              **_totals(finals, [len(p) for p in inp.prompts]))
+                              **_totals(finals, [len(p) for p in inp.prompts], self.pricing))
 
     async def _completion_stream(self, inp: CompletionInputs, rid: str, n: int) -> AsyncIterator[CompletionChunk]:
         sent_text: dict[int, int] = {}
         sent_lp: dict[int, int] = {}
-        finals = {}
+        finals, lens = {}, [len(p) for p in inp.prompts]
         async for i, out in merged(self.llm, inp.prompts, inp.params, rid, lora_request=self.lora):
             finals[i] = out
             for c in out.outputs:
@@ -153,9 +158,9 @@ class LocalTarget:
                     lp = fmt.completion_logprobs(self.tokenizer, c.logprobs[n_lp:])
                     sent_lp[idx] = len(c.logprobs)
                 sent_text[idx] = len(c.text)
-                yield CompletionChunk(served_by=self.model_id,
+                yield CompletionChunk(served_by=self.model_id, usage=_running(finals, lens, self.pricing),
                                       choices=[CompletionDelta(idx, text, lp, _finish(c.finish_reason))])
-        yield CompletionChunk(served_by=self.model_id, **_totals(finals, [len(p) for p in inp.prompts]))
+        yield CompletionChunk(served_by=self.model_id, **_totals(finals, lens, self.pricing))
 
 
 class AdapterSource:
@@ -181,7 +186,7 @@ class AdapterSource:
 
     def _target(self, model_id: str, lora: LoRARequest) -> LocalTarget:
         b = self.base
-        return LocalTarget(model_id, b.llm, b.inputs, lora=lora, base_id=b.model_id)
+        return LocalTarget(model_id, b.llm, b.inputs, lora=lora, base_id=b.model_id, pricing=b.pricing)
 
 
 @contextmanager
@@ -199,11 +204,17 @@ def _engine_errors() -> Iterator[None]:
         raise UnavailableError(f"the engine is not running: {exc}", status=503, code=None) from None
 
 
-def _totals(finals: dict, prompt_lens: list[int]) -> dict:
+def _running(finals: dict, prompt_lens: list[int], pricing: Pricing) -> Usage:
+    """Usage so far: every prompt, the tokens generated up to now, at `pricing`."""
+    outs = list(finals.values())
+    p, c = sum(prompt_lens), sum(len(c.token_ids) for o in outs for c in o.outputs)
+    return Usage(p, c, sum(o.num_cached_tokens for o in outs), pricing.cost(p, c))
+
+
+def _totals(finals: dict, prompt_lens: list[int], pricing: Pricing) -> dict:
     """The last chunk's usage and engine timing, from the engine's final outputs."""
     outs = list(finals.values())
-    usage = Usage(sum(prompt_lens), sum(len(c.token_ids) for o in outs for c in o.outputs),
-                  sum(o.num_cached_tokens for o in outs))
+    usage = _running(finals, prompt_lens, pricing)
     firsts = [o.metrics.first_token_time - o.metrics.arrival_time for o in outs
               if o.metrics is not None and o.metrics.first_token_time is not None]
     tpots = []

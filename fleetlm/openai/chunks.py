@@ -4,9 +4,11 @@ Contract: `Target.chat(req)` yields `ChatChunk`s and `Target.complete(req)` yiel
 `CompletionChunk`s. Each chunk holds pieces of one or more choices (`ChatDelta` /
 `CompletionDelta`, OpenAI's stream deltas as values) and names the model that produced it
 (`served_by`, on every chunk so a stream's headers can say it). The last chunk carries the
-request's `Usage`, and may carry engine `timing`, top-level extension fields (`extra`, e.g.
-`fleetlm_trace`) and, for a compound program, the sub-calls it made (`calls`). A chunk may be
-a whole answer: a non-streamed request is typically one chunk.
+request's `Usage`; earlier chunks may carry the running usage so far (a stream cut short is
+billed for it), so the last usage seen is the whole request's. The last chunk may also carry
+engine `timing`, top-level extension fields (`extra`, e.g. `fleetlm_trace`) and, for a
+compound program, the sub-calls it made (`calls`). A chunk may be a whole answer: a
+non-streamed request is typically one chunk.
 
 `collect_chat` / `collect_completion` add a Target's chunks up to the whole response
 (`ChatResult` / `CompletionResult`); concatenating the deltas of a stream gives the same

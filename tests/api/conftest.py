@@ -37,18 +37,19 @@ def free_port() -> int:
 
 
 def start_server(model_folder, *, model_id: str = "tiny", embedder=None, upstreams=(), routers=(), pools=(),
-                 tool_agents=(), programs=(), engine_kw: dict | None = None, **server_kw):
+                 tool_agents=(), programs=(), tenants=None, engine_kw: dict | None = None, **server_kw):
     """engine_kw: EngineConfig fields (default: fp32, a 256-token context); server_kw:
-    ServerConfig fields. `model_id`: the local model's public id."""
+    ServerConfig fields. `model_id`: the local model's public id; `tenants`: a TenantsConfig."""
     import uvicorn
 
     llm = AsyncLLM(EngineConfig(model=str(model_folder), **{"dtype": "float32", "max_model_len": 256,
                                                             **(engine_kw or {})}))
     config = ServerConfig(port=free_port(), **server_kw)
     fleet = FleetFile(list(upstreams), list(routers), list(pools), tool_agents=list(tool_agents),
-                      programs=list(programs))
+                      programs=list(programs), tenants=tenants)
     app = app_for_engine(llm, model_id=model_id, config=config, fleet_file=fleet, embedder=embedder)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=config.port, log_level="warning"))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=config.port, log_level="warning",
+                                           h11_max_incomplete_event_size=config.max_request_head_bytes))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     base = f"http://127.0.0.1:{config.port}"
@@ -61,6 +62,29 @@ def start_gemma_server(**engine_kw):
     from fleetlm.models.embedded import ensure_default_model
 
     return start_server(ensure_default_model(), model_id="gemma-3-270m", engine_kw={"dtype": "auto", **engine_kw})
+
+
+def fleet_serve(model_folder, port: int, *args: str, **popen_kw):
+    """`fleet serve` in a subprocess on 127.0.0.1:`port` over a tiny model (fp32, no
+    embeddings), with more command-line `args`."""
+    import subprocess
+    import sys
+
+    return subprocess.Popen([sys.executable, "-m", "fleetlm.cli", "serve", "--model", str(model_folder), "--port",
+                             str(port), "--dtype", "float32", "--no-embeddings", *args],
+                            **({"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL} | popen_kw))
+
+
+def stop_process(proc, timeout: float = 30) -> None:
+    """SIGTERM (a graceful shutdown), then SIGKILL if it has not exited within `timeout`."""
+    import signal
+    import subprocess
+
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
 
 
 def wait_healthy(base_url: str, *, timeout: float) -> None:

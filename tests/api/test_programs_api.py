@@ -5,9 +5,6 @@ cancellation, and (slow) each built-in on the real gemma-3-270m."""
 from __future__ import annotations
 
 import re
-import signal
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
@@ -17,7 +14,7 @@ import pytest
 
 from fleetlm.compound.programs.arith import evaluate, format_number
 from fleetlm.config import Budget, ProgramConfig
-from tests.api.conftest import free_port, start_gemma_server, start_server, wait_healthy
+from tests.api.conftest import fleet_serve, free_port, start_gemma_server, start_server, stop_process, wait_healthy
 from tests.api.test_fleet_paths import hang_up_mid_request, metric, slow_steps, wait_idle
 
 README = Path(__file__).resolve().parents[2] / "README.md"
@@ -74,9 +71,7 @@ def test_the_readme_program_runs_under_fleet_serve(tiny_gemma, tmp_path):
     (folder / "vote.py").write_text(readme_program())
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    proc = subprocess.Popen([sys.executable, "-m", "fleetlm.cli", "serve", "--model", str(tiny_gemma), "--port",
-                             str(port), "--dtype", "float32", "--no-embeddings", "--programs-dir", str(folder)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = fleet_serve(tiny_gemma, port, "--programs-dir", str(folder))
     try:
         wait_healthy(url, timeout=120)
         client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
@@ -94,11 +89,7 @@ def test_the_readme_program_runs_under_fleet_serve(tiny_gemma, tmp_path):
         text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
         assert isinstance(text, str) and chunks[-1].usage.completion_tokens > 0
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_process(proc)
 
 
 @pytest.fixture(scope="module")

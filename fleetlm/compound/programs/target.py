@@ -77,9 +77,9 @@ class ProgramTarget:
                 if not getter.done():
                     getter.cancel()
                     continue
-                yield self._step_chunk(getter.result())
+                yield self._step_chunk(getter.result(), ctx)
             while not steps.empty():
-                yield self._step_chunk(steps.get_nowait())
+                yield self._step_chunk(steps.get_nowait(), ctx)
             answer = task.result()
             if isinstance(answer, Streamed):
                 async for chunk in self._relay(ctx, answer):
@@ -119,16 +119,19 @@ class ProgramTarget:
     async def _relay(self, ctx: Ctx, streamed: Streamed) -> AsyncIterator[ChatChunk]:
         """The sub-model's stream as the program's own: its deltas, then the program's totals."""
         target = ctx.target(streamed.model)
+        before, last, served_by = ctx.usage, None, streamed.model
         async for chunk in target.chat(streamed.request):
-            if chunk.usage is not None:
-                ctx.record(streamed.model, chunk.served_by, chunk.usage)
+            last, served_by = chunk.usage or last, chunk.served_by or served_by  # a chunk's usage is the running total
             if chunk.choices:
-                yield ChatChunk(served_by=self.model_id, choices=chunk.choices)
+                yield ChatChunk(served_by=self.model_id, choices=chunk.choices,
+                                usage=before + last if last is not None else None)
+        if last is not None:
+            ctx.record(streamed.model, served_by, last)
         yield ChatChunk(served_by=self.model_id, **self._totals(ctx))
 
-    def _step_chunk(self, step: Step) -> ChatChunk:
-        return ChatChunk(served_by=self.model_id, extra={"fleetlm_step": {"name": step.name, "t_s": step.t_s,
-                                                                          **step.data}})
+    def _step_chunk(self, step: Step, ctx: Ctx) -> ChatChunk:
+        return ChatChunk(served_by=self.model_id, usage=ctx.usage,  # running: a budget may end the stream here
+                         extra={"fleetlm_step": {"name": step.name, "t_s": step.t_s, **step.data}})
 
     def _totals(self, ctx: Ctx) -> dict:
         trace = {"steps": [{"name": s.name, "t_s": s.t_s, **s.data} for s in ctx.steps],
