@@ -28,8 +28,7 @@ from pathlib import Path
 
 import httpx
 import openai
-
-from benchmarks.gemma_server import serve_gemma
+from gemma_server import serve_gemma  # benchmarks/ is on sys.path when run as a script
 
 MASTER = "bench-master"
 ASK = [{"role": "user", "content": "Write one sentence about the sea."}]

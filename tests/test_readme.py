@@ -20,7 +20,20 @@ def test_readme_is_short_and_its_fleet_toml_loads(tmp_path):
     path = tmp_path / "fleet.toml"
     path.write_text(examples[0])
     fleet = load_fleet_toml(str(path))
-    assert fleet.upstreams and fleet.routers and fleet.pools and fleet.devices and fleet.tool_agents
+    assert fleet.upstreams and fleet.routers and fleet.programs and fleet.tool_agents and fleet.tenants
+
+
+def test_the_docs_fleet_toml_examples_load(tmp_path):
+    """Every ```toml block of docs/ that starts with a table loads (pools, devices, tenants)."""
+    loaded = 0
+    for doc in sorted((REPO / "docs").glob("*.md")):
+        for k, example in enumerate(re.findall(r"```toml\n(.*?)```", doc.read_text(), re.S)):
+            if example.lstrip().startswith("["):
+                path = tmp_path / f"{doc.stem}-{k}.toml"
+                path.write_text(example)
+                load_fleet_toml(str(path))
+                loaded += 1
+    assert loaded >= 3
 
 
 def test_no_tracker_language_in_the_repository():
