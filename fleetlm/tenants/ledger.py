@@ -62,7 +62,8 @@ def usage(conn: sqlite3.Connection, *, by: str = "key", since_s: float | None = 
         where.append("requests.key_id = ?")
         args.append(key_id)
     rows = conn.execute(
-        f"SELECT {group} AS name, COUNT(*) AS requests, SUM(CASE WHEN requests.status >= 400 THEN 1 ELSE 0 END) AS errors, "
+        f"SELECT {group} AS name, COUNT(*) AS requests, "
+        "SUM(CASE WHEN requests.status >= 400 THEN 1 ELSE 0 END) AS errors, "
         "SUM(prompt_tokens) AS prompt_tokens, SUM(completion_tokens) AS completion_tokens, "
         "SUM(COALESCE(cached_tokens, 0)) AS cached_tokens, SUM(cost_usd) AS cost_usd "
         "FROM requests LEFT JOIN keys ON keys.id = requests.key_id "
