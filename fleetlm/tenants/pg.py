@@ -34,7 +34,7 @@ _TYPE = re.compile(r"\b(REAL|INTEGER)\b")
 
 def redact(url: str) -> str:
     """The URL without its password, for logs and error messages."""
-    return re.sub(r"^([a-z]+://[^:/@]*):[^@/]*@", r"\1:***@", url)
+    return re.sub(r"^([a-z]+://[^:/@]*):[^/]*@", r"\1:***@", url)  # greedy: up to the last @ of the authority
 
 
 @functools.lru_cache(maxsize=512)
