@@ -369,8 +369,10 @@ class TenantsConfig(FromDict):
     kept in one database. With it, every path but /health needs a key (a tenant's, or the
     server's `api_key`, which is the master key and the only one that may manage keys)."""
 
-    database: str = "fleetlm.db"  # SQLite file (relative to fleet.toml)
-    files_dir: str | None = None  # uploaded and batch output files; default: <database>.files beside it
+    database: str = "fleetlm.db"  # SQLite file (relative to fleet.toml), or a postgresql:// URL
+    # uploaded and batch output files (local disk, whichever the database); default: <database>.files
+    # beside a SQLite file, fleetlm-files (relative to fleet.toml) for a PostgreSQL URL
+    files_dir: str | None = None
     batch_discount: float = 0.5  # batch requests are billed at (1 - discount) of the model's prices
     batch_concurrency: int = 2  # batch lines in flight at once (interactive traffic comes first)
     max_file_bytes: int = 100 * 2**20  # largest upload to /v1/files
@@ -386,7 +388,7 @@ class TenantsConfig(FromDict):
         if self.key_cache_s < 0 or self.default_max_tokens < 1:
             raise ValueError("tenants key_cache_s must be >= 0 and default_max_tokens >= 1")
         if self.files_dir is None:
-            self.files_dir = f"{self.database}.files"
+            self.files_dir = "fleetlm-files" if is_postgres_url(self.database) else f"{self.database}.files"
 
 
 @dataclass
@@ -440,8 +442,14 @@ def load_fleet_toml(path: str) -> FleetFile:
         a.sqlite, a.docs = _beside(here, a.sqlite), _beside(here, a.docs)
     if fleet.tenants is not None:
         t = fleet.tenants
-        t.database, t.files_dir = _beside(here, t.database), _beside(here, t.files_dir)
+        t.database = t.database if is_postgres_url(t.database) else _beside(here, t.database)
+        t.files_dir = _beside(here, t.files_dir)
     return fleet
+
+
+def is_postgres_url(database: str) -> bool:
+    """`[tenants] database` names a PostgreSQL database (a libpq URL), not a SQLite file."""
+    return database.startswith(("postgresql://", "postgres://"))
 
 
 def _beside(folder: Path, path: str | None) -> str | None:

@@ -25,3 +25,27 @@ def tiny_gemma(tmp_path_factory):
 @pytest.fixture(autouse=True)
 def _deterministic():
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A real PostgreSQL server on 127.0.0.1 for the session (tests/pg_server.py); skipped,
+    saying why, where its binaries or psycopg are missing."""
+    import importlib.util
+
+    from tests.api.conftest import free_port
+    from tests.pg_server import PgServer, binaries
+
+    if importlib.util.find_spec("psycopg") is None:
+        pytest.skip("psycopg is not installed (pip install 'fleetlm[postgres]')")
+    bin_dir = binaries()
+    if bin_dir is None:
+        pytest.skip("PostgreSQL's server binaries (initdb, pg_ctl) are not installed")
+    server = PgServer(bin_dir, free_port())
+    try:
+        server.start()
+    except Exception as exc:
+        server.stop()
+        pytest.skip(f"PostgreSQL did not start: {exc} {getattr(exc, 'stderr', '')}")
+    yield server
+    server.stop()

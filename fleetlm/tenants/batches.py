@@ -5,8 +5,9 @@ Contract: `parse_input` never raises for a bad line: it returns the valid lines 
 each bad one, an error naming its line number (1-based) and what is wrong (not JSON, a
 missing or repeated custom_id, another method or url, a body the endpoint refuses). Each
 finished line is one row of `batch_lines` holding its output line, written once (`INSERT
-OR IGNORE` on (batch, line)): a batch resumed after a restart skips the lines it has, so
-every custom_id appears exactly once in its output.
+... ON CONFLICT DO NOTHING` on (batch, line), SQL that SQLite and PostgreSQL both take): a
+batch resumed after a restart skips the lines it has, so every custom_id appears exactly
+once in its output.
 """
 
 from __future__ import annotations
@@ -151,14 +152,16 @@ def output_line(custom_id: str, status: int, body: dict) -> str:
 
 # ---- rows (on the database thread) ----------------------------------------------------------
 _COLUMNS = [f.name for f in fields(Batch)]
+# an upsert both SQLite (3.24+) and Postgres take: the row is the Batch as it is now
+_UPSERT = (f"INSERT INTO batches ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))}) "
+           f"ON CONFLICT (id) DO UPDATE SET {', '.join(f'{c} = excluded.{c}' for c in _COLUMNS[1:])}")
 
 
 def save(conn: sqlite3.Connection, b: Batch) -> None:
     values = [json.dumps(getattr(b, c)) if c in ("metadata", "errors") and getattr(b, c) is not None
               else getattr(b, c) for c in _COLUMNS]
     with transaction(conn):
-        conn.execute(f"INSERT OR REPLACE INTO batches ({', '.join(_COLUMNS)}) "
-                     f"VALUES ({', '.join('?' * len(_COLUMNS))})", values)
+        conn.execute(_UPSERT, values)
 
 
 def load(conn: sqlite3.Connection, batch_id: str) -> Batch | None:
@@ -188,8 +191,9 @@ def record_line(conn: sqlite3.Connection, batch_id: str, number: int, custom_id:
                 ok: bool) -> None:
     """A finished line (kept once), and the batch's counts."""
     with transaction(conn):
-        cur = conn.execute("INSERT OR IGNORE INTO batch_lines (batch_id, line, custom_id, status, body, ok) "
-                           "VALUES (?, ?, ?, ?, ?, ?)", (batch_id, number, custom_id, status, text, int(ok)))
+        cur = conn.execute("INSERT INTO batch_lines (batch_id, line, custom_id, status, body, ok) "
+                           "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                           (batch_id, number, custom_id, status, text, int(ok)))
         if cur.rowcount:
             column = "completed" if ok else "failed"
             conn.execute(f"UPDATE batches SET {column} = {column} + 1 WHERE id = ?", (batch_id,))

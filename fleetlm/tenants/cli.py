@@ -42,7 +42,7 @@ def add_tenants_parsers(subparsers) -> None:
     usage.set_defaults(func=cmd_usage)
     for p in (c, lst, r, u, usage):
         p.add_argument("--config", default="fleet.toml", help="fleet.toml with a [tenants] table (default %(default)s)")
-        p.add_argument("--database", help="the tenants' SQLite file (instead of --config)")
+        p.add_argument("--database", help="the tenants' SQLite file or postgresql:// URL (instead of --config)")
 
 
 def _database(args):

@@ -1,5 +1,5 @@
 """The tenants' database: keys, the request ledger, files and batches, in one SQLite file
-(embedded, WAL mode).
+(embedded, WAL mode) or, given a postgresql:// URL, in a PostgreSQL database (tenants/pg.py).
 
 Contract: every statement runs on the database's own thread, in the order it was submitted
 (`call` from sync code such as the CLI, `run` from async code, `submit` to not wait): one
@@ -7,7 +7,8 @@ connection and one writer, so requests never contend for SQLite's write lock and
 loop never blocks on a disk write. Statements are parameterised, never formatted. The schema
 migrates itself on open (`PRAGMA user_version` counts the migrations applied), so a newer
 fleetlm opens an older file. WAL keeps the file whole if the process is killed mid-write:
-a transaction is either in it or not.
+a transaction is either in it or not. A PostgreSQL database follows the same contract
+through a connection that speaks the SQLite SQL written here (see tenants/pg.py).
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TypeVar
+
+from fleetlm.config import is_postgres_url
 
 log = logging.getLogger("fleetlm.tenants")
 T = TypeVar("T")
@@ -67,16 +70,38 @@ MIGRATIONS = [
 
 
 class Database:
-    """One SQLite file, its connection owned by one thread (see the module docstring)."""
+    """One SQLite file, or one PostgreSQL database, its connection owned by one thread (see
+    the module docstring). `target`: a file path, or a postgresql:// URL."""
 
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+    def __init__(self, target: str | Path):
+        self.url = str(target) if is_postgres_url(str(target)) else None
+        self.path = None if self.url else Path(target)
+        if self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fleetlm-db")
-        self._conn: sqlite3.Connection | None = None
-        self.call(self._open)
+        self._conn = None
+        try:
+            self.call(self._open)
+        except BaseException:
+            self.close()  # a refused schema or a failed migration leaves no connection open
+            raise
+
+    @property
+    def where(self) -> str:
+        """The file, or the URL without its password (for messages)."""
+        from fleetlm.tenants.pg import redact
+
+        return redact(self.url) if self.url else str(self.path)
 
     def _open(self, _conn) -> None:
+        if self.url:
+            from fleetlm.tenants import pg
+
+            self._conn = pg.PgConnection(self.url)
+            before, after = pg.migrate(self._conn, MIGRATIONS, self._check_version)
+            if after > before:
+                log.info("database %s: schema migrated from version %d to %d", self.where, before, after)
+            return
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         conn.row_factory = sqlite3.Row
         conn.execute("PRAGMA journal_mode=WAL")
@@ -84,13 +109,16 @@ class Database:
         conn.execute("PRAGMA busy_timeout=5000")  # another process (the CLI) may hold the lock briefly
         self._conn = conn
         version = conn.execute("PRAGMA user_version").fetchone()[0]
-        if version > len(MIGRATIONS):
-            raise RuntimeError(f"{self.path} was written by a newer fleetlm (schema {version}, "
-                               f"this one knows {len(MIGRATIONS)})")
+        self._check_version(version)
         for i in range(version, len(MIGRATIONS)):
             # one transaction per migration (executescript commits any open one first)
             conn.executescript(f"SAVEPOINT migrate; {MIGRATIONS[i]}; PRAGMA user_version = {i + 1}; RELEASE migrate;")
             log.info("database %s: schema migrated to version %d", self.path, i + 1)
+
+    def _check_version(self, version: int) -> None:
+        if version > len(MIGRATIONS):
+            raise RuntimeError(f"{self.where} was written by a newer fleetlm (schema {version}, "
+                               f"this one knows {len(MIGRATIONS)})")
 
     def call(self, fn: Callable[..., T], *args) -> T:
         """`fn(connection, *args)` on the database thread; waits for its result."""
@@ -119,7 +147,8 @@ class Database:
 
 @contextmanager
 def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
-    """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on an exception (autocommit connection)."""
+    """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on an exception (autocommit connection; on
+    PostgreSQL a plain BEGIN, see tenants/pg.py)."""
     conn.execute("BEGIN IMMEDIATE")
     try:
         yield conn

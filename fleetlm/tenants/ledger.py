@@ -34,7 +34,9 @@ class LedgerRow:
 
 
 _COLUMNS = [f.name for f in fields(LedgerRow)]
-_INSERT = f"INSERT OR IGNORE INTO requests ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))})"
+# a row already written (a retried write) is kept as it was; SQL that SQLite and Postgres both take
+_INSERT = (f"INSERT INTO requests ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))}) "
+           "ON CONFLICT DO NOTHING")
 
 
 def write(conn: sqlite3.Connection, rows: list[LedgerRow]) -> None:
@@ -60,7 +62,8 @@ def usage(conn: sqlite3.Connection, *, by: str = "key", since_s: float | None = 
         where.append("requests.key_id = ?")
         args.append(key_id)
     rows = conn.execute(
-        f"SELECT {group} AS name, COUNT(*) AS requests, SUM(requests.status >= 400) AS errors, "
+        f"SELECT {group} AS name, COUNT(*) AS requests, "
+        "SUM(CASE WHEN requests.status >= 400 THEN 1 ELSE 0 END) AS errors, "
         "SUM(prompt_tokens) AS prompt_tokens, SUM(completion_tokens) AS completion_tokens, "
         "SUM(COALESCE(cached_tokens, 0)) AS cached_tokens, SUM(cost_usd) AS cost_usd "
         "FROM requests LEFT JOIN keys ON keys.id = requests.key_id "

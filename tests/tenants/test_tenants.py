@@ -1,6 +1,7 @@
 """The tenants' parts on their own: the database (migrations, one writer), keys (only a
 hash stored), limits (reservations, rpm, tpm), worst-case estimates against a real
-tokenizer, the ledger's reports, and a server killed mid-write leaving a whole file."""
+tokenizer, the ledger's reports, and a server killed mid-write leaving a whole file. Tests
+taking `db` run on SQLite and on PostgreSQL (conftest.py)."""
 
 from __future__ import annotations
 
@@ -26,13 +27,6 @@ from fleetlm.tenants.limits import Limiter
 from tests.api.conftest import fleet_serve, free_port, stop_process, wait_healthy
 
 
-@pytest.fixture
-def db(tmp_path):
-    d = Database(tmp_path / "t.db")
-    yield d
-    d.close()
-
-
 def test_the_schema_migrates_an_older_file_and_refuses_a_newer_one(tmp_path):
     path = tmp_path / "old.db"
     with sqlite3.connect(path) as conn:  # a file from a release that knew only the first migration
@@ -52,10 +46,13 @@ def test_the_schema_migrates_an_older_file_and_refuses_a_newer_one(tmp_path):
 def test_only_a_hash_of_the_secret_is_stored(db, tmp_path):
     key, secret = db.call(lambda c: keydb.create_key(c, "app1", budget_usd=2.5, rpm=3, models=("tiny*",),
                                                      expires_in_s=3600))
+    if db.url:  # every value of every key row, as text
+        raw = repr(db.call(lambda c: [tuple(r) for r in c.execute("SELECT * FROM keys")])).encode()
     db.close()
-    raw = b"".join(p.read_bytes() for p in tmp_path.glob("t.db*"))
-    assert secret.encode() not in raw and secret[10:].encode() not in raw
-    d = Database(tmp_path / "t.db")
+    if db.path:  # the file and its WAL, byte for byte
+        raw = b"".join(p.read_bytes() for p in tmp_path.glob("t.db*"))
+    assert key.prefix.encode() in raw and secret.encode() not in raw and secret[10:].encode() not in raw
+    d = Database(db.url or db.path)
     found = d.call(keydb.key_by_hash, keydb.hash_secret(secret))
     assert found.id == key.id and found.budget_usd == 2.5 and found.allows("tiny:fc") and not found.allows("x")
     assert d.call(keydb.key_by_hash, keydb.hash_secret(secret + "x")) is None
