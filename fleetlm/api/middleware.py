@@ -95,3 +95,30 @@ def install_middleware(app: FastAPI, metrics: Metrics, *, api_key: str | None, m
     """Body limit outermost, then auth and counting."""
     app.add_middleware(AuthAndCount, metrics=metrics, api_key=api_key)
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
+    app.add_middleware(HeaderLimit)  # outermost of all: header bounds (431) before the body and the key
+
+
+MAX_HEADERS = 100  # header lines in one request
+MAX_HEADER_BYTES = 64 * 2**10  # their names and values together, the Authorization header aside
+
+
+class HeaderLimit:
+    """ASGI middleware: 431 for more than `max_count` headers or more than `max_bytes` of
+    header names and values. The Authorization header's size is left out: an over-long or
+    malformed key is the auth check's to answer, as the invalid key (401) it is. Plain ASGI,
+    like the others, so disconnects stay visible to the app."""
+
+    def __init__(self, app, max_count: int = MAX_HEADERS, max_bytes: int = MAX_HEADER_BYTES):
+        self.app, self.max_count, self.max_bytes = app, max_count, max_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http":
+            headers = scope.get("headers") or []
+            size = sum(len(name) + len(value) for name, value in headers if name != b"authorization")
+            if len(headers) > self.max_count or size > self.max_bytes:
+                resp = error_response(431, f"request headers too large: {len(headers)} headers of {size} bytes; "
+                                           f"at most {self.max_count} headers and {self.max_bytes} bytes "
+                                           "(the Authorization header aside) are accepted",
+                                      code="request_header_fields_too_large")
+                return await resp(scope, receive, send)
+        await self.app(scope, receive, send)

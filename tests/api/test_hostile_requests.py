@@ -164,3 +164,30 @@ def test_unusable_adapter_paths_are_a_400_naming_lora_path(tiny_gemma):
     finally:
         srv.should_exit = True
         thread.join(10)
+
+
+def test_too_many_or_too_large_headers_are_a_431_but_a_huge_key_is_a_401(tiny_gemma):
+    """At most 100 headers and 64 KiB of them, the Authorization header aside: an over-long
+    or odd key is answered as the invalid key it is."""
+    running, srv, thread = start_server(tiny_gemma, api_key="sesame")
+    # uvicorn's h11 refuses a head over 16 KiB with its own plain-text 400 before the app sees
+    # it; the server raises that buffer (to 2 MiB) so that these bounds decide
+    srv.config.h11_max_incomplete_event_size = 2 * 2**20
+    ok_key = {"Authorization": "Bearer sesame"}
+    body = {"model": "tiny", "prompt": "hi", "max_tokens": 2}
+    try:
+        with httpx.Client(base_url=running.base_url, timeout=30) as client:
+            for extra in ({f"x-h{i}": "v" for i in range(150)}, {"x-pad": "p" * (65 * 2**10)}):
+                resp = client.post("/v1/completions", json=body, headers={**ok_key, **extra})
+                assert resp.status_code == 431, resp.text[:300]
+                err = resp.json()["error"]
+                assert set(err) == {"message", "type", "param", "code"} and "headers" in err["message"]
+            for key in (b"Bearer " + b"k" * (200 * 2**10), b"Bearer s\xe9same\xff", b"sesame", b"Basic c2VzYW1l"):
+                resp = client.post("/v1/completions", json=body, headers={"Authorization": key})
+                assert resp.status_code == 401 and resp.json()["error"]["code"] == "invalid_api_key", key[:20]
+            fine = {**ok_key, **{f"x-h{i}": "v" * 100 for i in range(80)}}  # 80 headers, 8 KiB: within bounds
+            resp = client.post("/v1/completions", json=body, headers=fine)
+            assert resp.status_code == 200, resp.text[:300]
+    finally:
+        srv.should_exit = True
+        thread.join(10)
