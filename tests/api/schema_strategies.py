@@ -14,6 +14,7 @@ properties/required and additionalProperties, which this covers."""
 
 from __future__ import annotations
 
+import copy
 import json
 
 from hypothesis import strategies as st
@@ -110,7 +111,10 @@ def _containers(value, path=()):
 
 @st.composite
 def mutated(draw, body: dict, fields: list[str]) -> dict:
-    """`body` with 0-3 hostile edits: a value replaced, a field invented, a field dropped."""
+    """A copy of `body` with 0-3 hostile edits: a value replaced, a field invented, a field
+    dropped. (A copy: sampled hint values are shared objects; editing them in place would
+    change what later draws see.)"""
+    body = copy.deepcopy(body)
     for _ in range(draw(st.integers(0, 3))):
         where = draw(st.sampled_from([c for _, c in _containers(body)]))
         edit = draw(st.sampled_from(["replace", "add", "drop"]))
