@@ -44,7 +44,8 @@ def create_app(config: ServerConfig, fleet: Fleet, *, embedder=None) -> FastAPI:
 
     app = FastAPI(title="fleetlm", version="0.1.0", lifespan=lifespan)
     install_error_handlers(app)
-    install_middleware(app, metrics, api_key=config.api_key, max_body_bytes=config.max_body_bytes)
+    install_middleware(app, metrics, api_key=config.api_key, max_body_bytes=config.max_body_bytes,
+                       send_timeout_s=config.send_timeout_s)
 
     @app.get("/health")
     async def health():

@@ -7,7 +7,9 @@ label, so random paths cannot grow the label set."""
 
 from __future__ import annotations
 
+import asyncio
 import hmac
+import logging
 
 from fastapi import FastAPI
 
@@ -91,11 +93,13 @@ class AuthAndCount:
             self.metrics.requests.labels(label, status).inc()
 
 
-def install_middleware(app: FastAPI, metrics: Metrics, *, api_key: str | None, max_body_bytes: int) -> None:
+def install_middleware(app: FastAPI, metrics: Metrics, *, api_key: str | None, max_body_bytes: int,
+                       send_timeout_s: float = 60.0) -> None:
     """Body limit outermost, then auth and counting."""
     app.add_middleware(AuthAndCount, metrics=metrics, api_key=api_key)
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
     app.add_middleware(HeaderLimit)  # outermost of all: header bounds (431) before the body and the key
+    app.add_middleware(SendTimeout, timeout_s=send_timeout_s)  # (bar this one, which only watches sends)
 
 
 MAX_HEADERS = 100  # header lines in one request
@@ -122,3 +126,38 @@ class HeaderLimit:
                                       code="request_header_fields_too_large")
                 return await resp(scope, receive, send)
         await self.app(scope, receive, send)
+
+
+log = logging.getLogger("fleetlm.api")
+
+
+class SendTimeout:
+    """ASGI middleware: a response message the client does not take within `timeout_s` (it
+    stopped reading and the socket buffers are full) ends the response as a disconnect would:
+    the app's cleanup runs, so the request's engine rows, KV blocks and admission slot are
+    freed. uvicorn has no such bound; without it a client that never reads holds them forever.
+    Only time spent blocked in `send` counts, never time waiting for the next token."""
+
+    def __init__(self, app, timeout_s: float):
+        self.app, self.timeout_s = app, timeout_s
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+
+        async def bounded(message):
+            try:
+                async with asyncio.timeout(self.timeout_s):
+                    await send(message)
+            except TimeoutError:
+                raise _Stalled() from None
+
+        try:
+            await self.app(scope, receive, bounded)
+        except _Stalled:  # uvicorn then closes the connection (it logs an incomplete response)
+            log.warning("dropped a client that read nothing for %g s (%s %s)", self.timeout_s, scope.get("method"),
+                        scope.get("path"))
+
+
+class _Stalled(Exception):
+    pass
