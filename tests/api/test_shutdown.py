@@ -8,6 +8,9 @@ import re
 import signal
 import subprocess
 import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 
@@ -45,6 +48,56 @@ def test_sigterm_lets_the_running_stream_finish(tiny_gemma):
         assert any(re.search(r"engine: loading .*: done in \d+\.\d s", line) for line in stages)
         assert any(re.search(r"fleet: .*: done in \d+\.\d s", line) for line in stages)
         assert log.index("fleet: adapters") < log.index("Uvicorn running")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def test_sigterm_under_load_finishes_what_was_accepted_and_exits_0(tiny_gemma):
+    """12 clients send streamed and whole requests back to back; SIGTERM lands among them.
+    Every request the server had accepted finishes (a whole answer, or a stream to [DONE]);
+    later ones are refused at connect; the process exits 0 within its shutdown timeout."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    proc = subprocess.Popen([sys.executable, "-m", "fleetlm.cli", "serve", "--model", str(tiny_gemma),
+                             "--port", str(port), "--dtype", "float32", "--no-embeddings"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    outcomes: list[str] = []
+    signalled = threading.Event()
+
+    def client(i: int) -> None:
+        body = {"model": tiny_gemma.name, "prompt": f"load {i}", "max_tokens": 100, "ignore_eos": True}
+        while True:
+            try:
+                if i % 2:
+                    with httpx.stream("POST", f"{url}/v1/completions", json={**body, "stream": True},
+                                      timeout=60) as resp:
+                        lines = [line for line in resp.iter_lines() if line.startswith("data: ")]
+                    assert resp.status_code == 200 and lines[-1] == "data: [DONE]" and '"length"' in lines[-2]
+                else:
+                    resp = httpx.post(f"{url}/v1/completions", json=body, timeout=60)
+                    assert resp.status_code == 200 and resp.json()["usage"]["completion_tokens"] == 100
+                outcomes.append("after" if signalled.is_set() else "before")
+            except httpx.ConnectError:  # the listening socket is closed: a clean refusal
+                if signalled.is_set():
+                    return
+                time.sleep(0.05)
+
+    try:
+        wait_healthy(url, timeout=120)
+        with ThreadPoolExecutor(12) as pool:
+            futures = [pool.submit(client, i) for i in range(12)]
+            while len(outcomes) < 24:
+                time.sleep(0.01)
+            proc.send_signal(signal.SIGTERM)
+            signalled.set()
+            t0 = time.monotonic()
+            code = proc.wait(60)
+            for f in futures:
+                f.result(timeout=60)  # no client failed: an assertion or a broken stream would raise here
+        assert code == 0, proc.stdout.read()[-3000:]
+        assert time.monotonic() - t0 < 30 + 15  # the default shutdown timeout, and the engine's stop
+        assert "after" in outcomes  # requests in flight at SIGTERM finished, whole
     finally:
         if proc.poll() is None:
             proc.kill()
