@@ -128,6 +128,9 @@ class ServerConfig(FromDict):
     max_request_head_bytes: int = 2 * 2**20
     enable_embeddings: bool = True  # serve all-MiniLM-L6-v2 on /v1/embeddings
     shutdown_timeout_s: float = 30.0  # graceful shutdown: in-flight requests get this long
+    # a client that takes no part of an answer for this long (it stopped reading; the socket
+    # buffers are full) is dropped: its engine rows, KV blocks and admission slot are freed
+    send_timeout_s: float = 60.0
     # LoRA adapters (engine started with enable_lora): each sub-folder is served as
     # `<model id>:<folder name>`; the folder is rescanned at most every adapter_rescan_s.
     adapters_dir: str | None = None
@@ -146,8 +149,8 @@ class ServerConfig(FromDict):
     def __post_init__(self):
         if not 0 < self.port < 65536:
             raise ValueError(f"ServerConfig.port must be in 1..65535, got {self.port}")
-        if self.prepare_timeout_s <= 0:
-            raise ValueError("ServerConfig.prepare_timeout_s must be > 0")
+        if self.prepare_timeout_s <= 0 or self.send_timeout_s <= 0:
+            raise ValueError("ServerConfig.prepare_timeout_s and send_timeout_s must be > 0")
         if self.max_pending_requests < 1 or self.max_body_bytes < 1024:
             raise ValueError("ServerConfig.max_pending_requests must be >= 1 and max_body_bytes >= 1024")
 
@@ -164,6 +167,9 @@ class UpstreamConfig(FromDict):
     price_output_per_mtok: float = 0.0  # $ per million completion tokens
     timeout_s: float = 120.0  # whole request (a stream: between chunks)
     connect_timeout_s: float = 5.0
+    # an answer, streamed or not, ends this long after its request at the latest (a stream
+    # with an in-band 504 error): an upstream that streams forever holds nothing forever
+    max_stream_s: float = 600.0
 
     def __post_init__(self):
         if not self.name or "/" in self.name:
@@ -172,7 +178,7 @@ class UpstreamConfig(FromDict):
             raise ValueError(f"upstream {self.name}: base_url must start with http:// or https://")
         if not self.models:
             raise ValueError(f"upstream {self.name}: list at least one model")
-        if self.timeout_s <= 0 or self.connect_timeout_s <= 0:
+        if self.timeout_s <= 0 or self.connect_timeout_s <= 0 or self.max_stream_s <= 0:
             raise ValueError(f"upstream {self.name}: timeouts must be > 0")
 
 

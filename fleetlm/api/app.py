@@ -66,7 +66,8 @@ def create_app(config: ServerConfig, fleet: Fleet, *, embedder=None, tenants: Te
     app = FastAPI(title="fleetlm", version="0.1.0", lifespan=lifespan)
     install_error_handlers(app)
     install_middleware(app, metrics, api_key=config.api_key, max_body_bytes=config.max_body_bytes, tenants=gate,
-                       upload_bytes=tenants.max_file_bytes + 2**20 if tenants else None)
+                       upload_bytes=tenants.max_file_bytes + 2**20 if tenants else None,
+                       send_timeout_s=config.send_timeout_s)
     if gate is not None:
         from fleetlm.api.admin import install_admin
         from fleetlm.api.batches import install_batches

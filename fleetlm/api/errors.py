@@ -43,6 +43,16 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
     return f"invalid value for {'.'.join(loc) or 'body'}: {msg}", ".".join(loc) or None
 
 
+def _parse_failure(cause: BaseException | None) -> str | None:
+    """Why FastAPI could not parse a JSON body ("There was an error parsing the body" says
+    nothing): nested past Python's recursion limit, or an integer of more than 4,300 digits."""
+    if isinstance(cause, RecursionError):
+        return "request body is nested too deeply to parse (arrays and objects some 1,000 levels deep)"
+    if isinstance(cause, ValueError):
+        return f"request body is not valid JSON: {cause}"
+    return None
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(APIError)
     async def _api_error(_: Request, exc: APIError):
@@ -59,7 +69,8 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException):
-        return error_response(exc.status_code, str(exc.detail), headers=getattr(exc, "headers", None))
+        return error_response(exc.status_code, _parse_failure(exc.__cause__) or str(exc.detail),
+                              headers=getattr(exc, "headers", None))
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception):

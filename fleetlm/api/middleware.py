@@ -10,7 +10,9 @@ share one label, so random paths cannot grow the label set."""
 
 from __future__ import annotations
 
+import asyncio
 import hmac
+import logging
 
 from fastapi import FastAPI
 
@@ -121,7 +123,70 @@ def _bearer(scope) -> str:
 
 
 def install_middleware(app: FastAPI, metrics: Metrics, *, api_key: str | None, max_body_bytes: int,
-                       tenants=None, upload_bytes: int | None = None) -> None:
+                       tenants=None, upload_bytes: int | None = None, send_timeout_s: float = 60.0) -> None:
     """Body limit outermost, then auth and counting."""
     app.add_middleware(AuthAndCount, metrics=metrics, api_key=api_key, tenants=tenants)
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes, upload_bytes=upload_bytes)
+    app.add_middleware(HeaderLimit)  # outermost of all: header bounds (431) before the body and the key
+    app.add_middleware(SendTimeout, timeout_s=send_timeout_s)  # (bar this one, which only watches sends)
+
+
+MAX_HEADERS = 100  # header lines in one request
+MAX_HEADER_BYTES = 64 * 2**10  # their names and values together, the Authorization header aside
+
+
+class HeaderLimit:
+    """ASGI middleware: 431 for more than `max_count` headers or more than `max_bytes` of
+    header names and values. The Authorization header's size is left out: an over-long or
+    malformed key is the auth check's to answer, as the invalid key (401) it is. Plain ASGI,
+    like the others, so disconnects stay visible to the app."""
+
+    def __init__(self, app, max_count: int = MAX_HEADERS, max_bytes: int = MAX_HEADER_BYTES):
+        self.app, self.max_count, self.max_bytes = app, max_count, max_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http":
+            headers = scope.get("headers") or []
+            size = sum(len(name) + len(value) for name, value in headers if name != b"authorization")
+            if len(headers) > self.max_count or size > self.max_bytes:
+                resp = error_response(431, f"request headers too large: {len(headers)} headers of {size} bytes; "
+                                           f"at most {self.max_count} headers and {self.max_bytes} bytes "
+                                           "(the Authorization header aside) are accepted",
+                                      code="request_header_fields_too_large")
+                return await resp(scope, receive, send)
+        await self.app(scope, receive, send)
+
+
+log = logging.getLogger("fleetlm.api")
+
+
+class SendTimeout:
+    """ASGI middleware: a response message the client does not take within `timeout_s` (it
+    stopped reading and the socket buffers are full) ends the response as a disconnect would:
+    the app's cleanup runs, so the request's engine rows, KV blocks and admission slot are
+    freed. uvicorn has no such bound; without it a client that never reads holds them forever.
+    Only time spent blocked in `send` counts, never time waiting for the next token."""
+
+    def __init__(self, app, timeout_s: float):
+        self.app, self.timeout_s = app, timeout_s
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+
+        async def bounded(message):
+            try:
+                async with asyncio.timeout(self.timeout_s):
+                    await send(message)
+            except TimeoutError:
+                raise _Stalled() from None
+
+        try:
+            await self.app(scope, receive, bounded)
+        except _Stalled:  # uvicorn then closes the connection (it logs an incomplete response)
+            log.warning("dropped a client that read nothing for %g s (%s %s)", self.timeout_s, scope.get("method"),
+                        scope.get("path"))
+
+
+class _Stalled(Exception):
+    pass

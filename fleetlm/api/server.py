@@ -2,7 +2,7 @@
 
 Graceful shutdown: on SIGINT/SIGTERM uvicorn stops accepting connections and gives
 in-flight requests `shutdown_timeout_s` to finish; the app's lifespan then aborts what is
-left in the engine and stops its thread."""
+left in the engine and stops its thread. After SIGTERM the process exits with status 0."""
 
 from __future__ import annotations
 
@@ -59,6 +59,17 @@ def build_app(engine_config: EngineConfig, server_config: ServerConfig, fleet_fi
     return app
 
 
+def _exit_0_after_sigterm() -> None:
+    """After a graceful shutdown uvicorn raises the signal it caught again, with the handler
+    it found installed: by default SIGTERM then kills the process (exit status -15, which
+    supervisors read as a crash). This handler makes that a normal exit with status 0; a
+    SIGTERM before uvicorn takes over the signals (while the model loads) exits 0 too."""
+    import signal
+    import sys
+
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+
+
 def _first_start_note(engine_config: EngineConfig) -> str:
     """What makes the first start slow, when it will be."""
     from fleetlm.models.embedded import DEFAULT_MODEL_ID, is_complete, model_dir
@@ -83,6 +94,7 @@ def app_for_engine(llm, *, model_id: str, config: ServerConfig, fleet_file: Flee
 def serve(engine_config: EngineConfig, server_config: ServerConfig, fleet_file=None) -> None:
     import uvicorn
 
+    _exit_0_after_sigterm()
     app = build_app(engine_config, server_config, fleet_file)
     uvicorn.run(app, host=server_config.host, port=server_config.port, log_level="info",
                 timeout_graceful_shutdown=server_config.shutdown_timeout_s,

@@ -66,7 +66,10 @@ class AdapterRegistry:
         if not NAME.match(name or ""):
             raise BadRequestError(f"lora_name {name!r} must be 1-128 of [A-Za-z0-9._-], starting with "
                                   "a letter or digit", param="lora_name")
-        req = LoRARequest(name, str(Path(path).expanduser().resolve()))
+        try:
+            req = LoRARequest(name, str(Path(path).expanduser().resolve()))
+        except (OSError, RuntimeError, ValueError) as exc:  # "~nobody/x" (no such home), a NUL byte
+            raise BadRequestError(f"lora_path {path[:200]!r} is not a usable path: {exc}", param="lora_path") from None
         self.pool.unload(name)  # forget any earlier weights under this name
         try:
             self.pool.check(req)

@@ -76,10 +76,13 @@ class EngineInputs:
             texts = [p]
         elif isinstance(p[0], str):
             texts = list(p)
-        elif isinstance(p[0], int):
-            return [list(p)], [None]
-        else:
-            return [list(x) for x in p], [None] * len(p)
+        elif isinstance(p[0], int) or isinstance(p[0], list):
+            prompts = [list(p)] if isinstance(p[0], int) else [list(x) for x in p]
+            vocab = self.engine.vocab_size  # checked here too: echo decodes the ids before the engine sees them
+            bad = next((t for ids in prompts for t in ids if not 0 <= t < vocab), None)
+            if bad is not None:
+                raise BadRequestError(f"token id {bad} is outside the vocabulary [0, {vocab})", param="prompt")
+            return prompts, [None] * len(prompts)
         if any(not t for t in texts):
             raise BadRequestError("prompt must not be empty", param="prompt")
         return [self.tokenizer(t).input_ids for t in texts], texts

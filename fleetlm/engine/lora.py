@@ -77,12 +77,18 @@ def read_adapter(req: LoRARequest, shapes: dict[str, tuple[int, int]], *, max_ra
     from safetensors.torch import load
 
     root = Path(req.path)
-    if not root.is_dir():
+    try:
+        found = root.is_dir()
+    except OSError as exc:  # not "no such file" (that is False) but, say, a name too long
+        raise LoRANotFoundError(f"adapter {req.name!r}: no folder at {req.path[:200]} ({exc.strerror})") from None
+    if not found:
         raise LoRANotFoundError(f"adapter {req.name!r}: no folder at {req.path}")
     try:
         cfg = json.loads((root / "adapter_config.json").read_text())
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, ValueError) as exc:  # ValueError: not JSON, or not UTF-8
         raise LoRAError(f"adapter {req.name!r}: unreadable adapter_config.json ({exc})") from None
+    if not isinstance(cfg, dict):
+        raise LoRAError(f"adapter {req.name!r}: adapter_config.json is not a JSON object")
     problems = [
         (cfg.get("peft_type", "LORA") != "LORA", f"peft_type {cfg.get('peft_type')!r} is not LORA"),
         (bool(cfg.get("use_dora")), "DoRA adapters are not supported"),

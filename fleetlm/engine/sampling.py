@@ -71,6 +71,18 @@ def _draw(probs: torch.Tensor, gen: torch.Generator | None) -> int:
     return int((probs / noise).argmax())
 
 
+def _softmax(row: torch.Tensor, temperature: float) -> torch.Tensor:
+    """softmax(row / temperature), also where that division overflows (a temperature that is
+    0 in fp32, a logit near the float maximum) and would give inf - inf = NaN, which samples a
+    token the grammar forbids: then the row is shifted by its maximum first (the maxima at
+    exactly 0, the rest <= 0), the limit of the softmax as the temperature goes to 0."""
+    scaled = row / temperature
+    if not torch.isfinite(scaled.max()):
+        top = row.max()
+        scaled = torch.where(row == top, 0.0, (row - top) / temperature)
+    return torch.softmax(scaled, dim=-1)
+
+
 def _plain_greedy(seq: Sequence) -> bool:
     p = seq.params
     return (p.greedy and seq.matcher is None and p.repetition_penalty == 1.0
@@ -101,13 +113,15 @@ def sample(logits: torch.Tensor, seqs: list[Sequence], gen: torch.Generator) -> 
 
             apply_masks(sub, matchers)  # grammar first: forbidden tokens are never sampled
         apply_penalties(sub, sub_seqs)
+        # an extreme (allowed) penalty can push a logit to +inf; keep masked tokens at -inf
+        torch.nan_to_num_(sub, nan=float("-inf"), posinf=torch.finfo(sub.dtype).max, neginf=float("-inf"))
         sub_argmax = sub.argmax(dim=-1).tolist()
         for j, (i, seq) in enumerate(zip(special, sub_seqs)):
             p = seq.params
             if p.greedy:
                 tokens[i] = sub_argmax[j]
                 continue
-            probs = torch.softmax(sub[j] / p.temperature, dim=-1)
+            probs = _softmax(sub[j], p.temperature)
             g = seq.generator if seq.generator is not None else gen
             if p.top_k or p.top_p < 1.0 or p.min_p > 0.0:
                 vals, idx = _filtered_candidates(probs, p.top_k, p.top_p, p.min_p)

@@ -178,17 +178,15 @@ class EmbeddingRequest(_Strict):
     user: StrictStr | None = None
 
 
-class LoadLoRARequest(BaseModel):
+class LoadLoRARequest(_Strict):
     """Body of POST /v1/load_lora_adapter (vLLM's shape)."""
 
-    model_config = ConfigDict(extra="forbid")
     lora_name: StrictStr
     lora_path: StrictStr
 
 
-class UnloadLoRARequest(BaseModel):
+class UnloadLoRARequest(_Strict):
     """Body of POST /v1/unload_lora_adapter (vLLM's shape; lora_int_id is accepted and ignored)."""
 
-    model_config = ConfigDict(extra="forbid")
     lora_name: StrictStr
     lora_int_id: int | None = None

@@ -313,3 +313,17 @@ def test_no_logprobs_unless_asked(llm):
     out = llm.generate(prompt_token_ids=random_prompts(1, seed=70),
                        sampling_params=SamplingParams(max_tokens=3, temperature=0))[0].outputs[0]
     assert out.logprobs is None
+
+
+@pytest.mark.parametrize("kw", [dict(repetition_penalty=5e-324), dict(temperature=1e-300),
+                                dict(temperature=1e-300, repetition_penalty=10.0, top_p=0.5)])
+def test_extreme_allowed_values_never_sample_a_forbidden_token(kw):
+    """-inf logits stand for tokens a grammar forbids. A penalty that pushes the allowed ones
+    to +inf, or a temperature that is 0 in fp32, must not turn the softmax into NaN (whose
+    argmax is token 0, a forbidden one)."""
+    logits = torch.full((4, 8), float("-inf"))
+    logits[:, 3], logits[:, 5], logits[:, 6] = 2.0, 2.5, -1.0
+    seqs = [fake_seq(SamplingParams(**kw), token_ids=[3, 5, 6], seq_id=i,
+                     generator=torch.Generator().manual_seed(i)) for i in range(4)]
+    tokens, _ = sample(logits, seqs, torch.Generator().manual_seed(0))
+    assert set(tokens) <= {3, 5, 6}, tokens
