@@ -141,11 +141,12 @@ class Dispatch:
                 await chunks.aclose()
                 end()
 
-    async def answer(self, caller, endpoint: str, req, *, batch_id: str | None = None,
-                     discount: float = 0.0) -> tuple[int, dict]:
+    async def answer(self, caller, endpoint: str, req, *, batch_id: str | None = None, discount: float = 0.0,
+                     priority: int = 0) -> tuple[int, dict]:
         """One non-streamed request on behalf of `caller` (a batch line), through the same
         checks, admission and ledger as an HTTP request: (status, the JSON body). Its cost is
-        billed at (1 - `discount`)."""
+        billed at (1 - `discount`); `priority` > 0 runs it as background on the local engine."""
+        req._priority = priority
         chat = endpoint == "chat"
         rid = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}"
         rec = RequestRecord(endpoint, req.model, "", 499)

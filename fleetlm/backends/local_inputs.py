@@ -117,7 +117,7 @@ class EngineInputs:
             top_p=1.0 if req.top_p is None else req.top_p, top_k=req.top_k or 0, min_p=req.min_p or 0.0,
             repetition_penalty=req.repetition_penalty or 1.0, presence_penalty=req.presence_penalty,
             frequency_penalty=req.frequency_penalty, seed=req.seed, stop=stop, logprobs=logprobs,
-            ignore_eos=req.ignore_eos, **extra)
+            ignore_eos=req.ignore_eos, priority=req._priority, **extra)
 
     def _tool_grammar(self, tools: ToolSession) -> StructuredOutput:
         """The tools' grammar, compiled now so that a schema llguidance rejects is a 400 on `tools`."""

@@ -26,6 +26,10 @@ class SamplingParams:
     include_stop_str_in_output: bool = False
     logprobs: int | None = None  # None: off; k >= 0: sampled token's logprob + top k
     skip_special_tokens: bool = True
+    # 0: interactive. Higher: background (batch jobs): while an interactive sequence is
+    # computing its prompt (or waiting with room to start), background rows sit the step out,
+    # keeping their KV blocks, so interactive time to first token does not pay for them.
+    priority: int = 0
     # Grammar the output must follow (a `fleetlm.engine.structured.StructuredOutput`:
     # json_object, json_schema, regex, grammar); None: free text.
     structured: object | None = None
@@ -49,6 +53,7 @@ class SamplingParams:
             (-2 <= self.frequency_penalty <= 2, "frequency_penalty", "must be in [-2, 2]"),
             (self.logprobs is None or 0 <= self.logprobs <= 20, "logprobs", "must be in [0, 20]"),
             (all(isinstance(s, str) and s for s in self.stop), "stop", "must be non-empty strings"),
+            (self.priority >= 0, "priority", "must be >= 0"),
         ]
         for ok, name, why in checks:
             if not ok:

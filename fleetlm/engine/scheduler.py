@@ -9,6 +9,9 @@ most recently admitted running sequence is preempted: its blocks are freed and i
 recomputed later (its computed blocks usually survive in the prefix cache).
 A sequence served by a LoRA adapter also needs one of the pool's adapter slots while it
 runs; when none is free it waits, like a sequence that does not fit the KV cache.
+Background sequences (`SamplingParams.priority` > 0, batch jobs) sit out every step in which
+an interactive one is computing its prompt or waits with room to start it: they keep their
+blocks and go on afterwards, so an interactive prompt is never computed beside them.
 """
 
 from __future__ import annotations
@@ -54,10 +57,14 @@ class Scheduler:
     def schedule(self) -> SchedulerOutput:
         out = SchedulerOutput()
         budget = self.max_num_batched_tokens
+        pause = self._background_pauses()
         # 1. running sequences, oldest first; preempt from the back when blocks run out
         i = 0
         while i < len(self.running) and budget > 0:
             seq = self.running[i]
+            if pause and seq.params.priority > 0:
+                i += 1  # sits this step out, keeping its blocks
+                continue
             n = min(seq.num_tokens - seq.num_computed_tokens, budget)
             while not self.kv.allocate(seq, seq.num_computed_tokens + n):
                 victim = self.running.pop()
@@ -77,6 +84,8 @@ class Scheduler:
                 break
             if seq.wait_for is not None and not (seq.wait_for.prompt_computed or seq.wait_for.finished):
                 continue  # a sibling: wait until the shared prompt is in the cache
+            if pause and seq.params.priority > 0:
+                continue  # background: interactive prompts first
             if not self._take_lora_slot(seq):
                 break  # every adapter slot is in use; FCFS as for memory
             hit = self.kv.lookup_prefix(seq)
@@ -93,6 +102,20 @@ class Scheduler:
             out.num_new_tokens.append(n)
             budget -= n
         return out
+
+    def _background_pauses(self) -> bool:
+        """Whether background rows sit this step out: an interactive sequence is computing its
+        prompt, or waits with a free sequence slot and blocks for its whole prompt (so a
+        queue stuck for memory never stops the background rows that will free it)."""
+        if not any(s.params.priority > 0 for s in self.running) and \
+                not any(s.params.priority > 0 for s in self.waiting):
+            return False
+        if any(s.params.priority == 0 and not s.prompt_computed for s in self.running):
+            return True
+        if len(self.running) >= self.max_num_seqs:
+            return False
+        return any(s.params.priority == 0 and s.wait_for is None
+                   and self.kv.blocks_needed(s, s.num_tokens) <= self.kv.num_free_blocks for s in self.waiting)
 
     def _take_lora_slot(self, seq: Sequence) -> bool:
         if seq.lora is None:

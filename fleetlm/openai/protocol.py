@@ -103,6 +103,9 @@ Prob = Annotated[float, Field(gt=0, le=1)]
 
 class _SamplingFields(_Strict):
     model: StrictStr
+    # Not a wire field: the server sets it (batch lines: 1, background); the local engine
+    # schedules by it (SamplingParams.priority). Clients cannot send it.
+    _priority: int = 0
     max_tokens: Annotated[StrictInt, Field(ge=1)] | None = None
     temperature: Temperature | None = None
     top_p: Prob | None = None

@@ -4,9 +4,9 @@ Contract:
 - `create` validates the input file line by line (bad lines become error lines naming their
   line; the batch is refused only when the file itself cannot be used) and starts the batch;
 - lines run through `answer` (the dispatch's own path: the key's allowlist and budget,
-  admission, the ledger, billed at the batch discount), at most `concurrency` at once across
-  all batches, and only one at a time while interactive requests are in flight
-  (`interactive()` > 0): the engine has no priorities, so the batch yields by not adding rows;
+  admission, the ledger, billed at the batch discount) as background rows of the local engine
+  (they sit out every step that computes an interactive prompt), at most `concurrency` at
+  once across all batches, and one at a time while interactive requests are in flight;
 - a line is retried while the server is at capacity (429 `rate_limit_exceeded`) and fails
   with any other error; each finished line is written at once, so a restarted server resumes
   every unfinished batch from the lines it lacks;
@@ -33,6 +33,7 @@ from fleetlm.tenants.gate import Caller
 log = logging.getLogger("fleetlm.batch")
 YIELD_POLL_S = 0.02  # how often a waiting line looks again for interactive traffic
 CAPACITY_RETRY_S = 0.5
+BACKGROUND = 1  # SamplingParams.priority of batch lines on the local engine
 
 
 class BatchRunner:
@@ -155,7 +156,7 @@ class BatchRunner:
             else:
                 while True:
                     status, body = await self.answer(caller, kind, line.request, batch_id=b.id,
-                                                     discount=self.discount)
+                                                     discount=self.discount, priority=BACKGROUND)
                     if status != 429 or body["error"].get("code") != "rate_limit_exceeded" \
                             or b.id in self._cancelled:
                         break

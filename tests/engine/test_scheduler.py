@@ -174,3 +174,35 @@ def test_sibling_waits_for_the_shared_prompt_then_hits_it():
     out = s.schedule()
     assert scheduled(out) == [(first, 1), (sibling, 2)]
     assert sibling.block_ids[:2] == first.block_ids[:2] and sibling.num_cached_prompt_tokens == 8
+
+
+def test_background_rows_sit_out_the_steps_that_compute_an_interactive_prompt():
+    s = make_sched(budget=32)
+    batch = [Sequence(next(_ids), "b", 0, [3, 4, 5], 3, SamplingParams(priority=1)) for _ in range(2)]
+    for b in batch:
+        s.add(b)
+    advance(s, s.schedule())  # both background prompts computed: they decode from now on
+    assert [n for _, n in scheduled(s.schedule())] == [1, 1]
+    user = make_seq(50, start=100)  # an interactive prompt of two chunks under the budget
+    s.add(user)
+    for _ in range(2):
+        out = s.schedule()
+        assert out.seqs == [user]  # its prompt alone, the background rows keep their blocks
+        advance(s, out)
+        assert all(b.block_ids for b in batch)
+    out = s.schedule()  # its prompt is in: everyone decodes together again
+    assert set(out.seqs) == {user, *batch} and out.total_tokens == 3
+    late = Sequence(next(_ids), "b", 0, [9] * 20, 20, SamplingParams(priority=1))
+    s.add(late)
+    assert late in s.schedule().seqs  # no interactive prompt pending: background is admitted as usual
+
+
+def test_an_interactive_request_stuck_for_memory_does_not_stop_the_background():
+    s = make_sched(num_blocks=4, block_size=16, budget=64)
+    bg = Sequence(next(_ids), "b", 0, list(range(3, 35)), 32, SamplingParams(priority=1))  # 2 blocks
+    s.add(bg)
+    advance(s, s.schedule())
+    user = make_seq(60, start=200)  # needs 4 blocks: never fits while the background row lives
+    s.add(user)
+    out = s.schedule()
+    assert out.seqs == [bg]  # the background row goes on, so its blocks come free in time
