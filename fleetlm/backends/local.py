@@ -22,7 +22,7 @@ from fleetlm.backends.adapters import AdapterRegistry
 from fleetlm.backends.engine_streams import merged
 from fleetlm.backends.local_inputs import ChatInputs, CompletionInputs, EngineInputs
 from fleetlm.engine.async_engine import AsyncLLM, EngineDeadError
-from fleetlm.engine.errors import InvalidRequestError, PromptTooLongError
+from fleetlm.engine.errors import InvalidRequestError, PromptTooLongError, RequestFailedError
 from fleetlm.engine.lora import LoRANotFoundError, LoRARequest
 from fleetlm.openai import format as fmt
 from fleetlm.openai.chunks import (
@@ -202,6 +202,8 @@ def _engine_errors() -> Iterator[None]:
         raise BadRequestError(str(exc), param=exc.param) from None
     except EngineDeadError as exc:
         raise UnavailableError(f"the engine is not running: {exc}", status=503, code=None) from None
+    except RequestFailedError as exc:  # the engine's own failure on this request; it serves the others
+        raise APIError(500, str(exc), code="engine_error") from None
 
 
 def _running(finals: dict, prompt_lens: list[int], pricing: Pricing) -> Usage:

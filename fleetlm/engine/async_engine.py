@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 from fleetlm.config import EngineConfig
 from fleetlm.engine.engine import LLMEngine
-from fleetlm.engine.errors import InvalidRequestError
+from fleetlm.engine.errors import InvalidRequestError, RequestFailedError
 from fleetlm.engine.outputs import RequestOutput
 from fleetlm.engine.sampling_params import SamplingParams
 
@@ -83,6 +83,8 @@ class AsyncLLM:
         try:
             while not finished:
                 out = await stream.get()
+                if isinstance(out, (InvalidRequestError, RequestFailedError)):
+                    raise out  # this request's end; the engine serves on
                 if isinstance(out, BaseException):
                     raise EngineDeadError(f"engine failed: {out}") from out
                 finished = out.finished
@@ -161,6 +163,9 @@ class AsyncLLM:
                     pass
                 for out in self.engine.step():
                     self._deliver(out, out.request_id)
+                while self.engine.failed:  # ended on its own; the engine goes on
+                    rid, exc = self.engine.failed.pop()
+                    self._deliver(exc, rid)
         except BaseException as exc:  # a step failed: fail every waiting stream, stop serving
             self.error = exc
             with self._lock:

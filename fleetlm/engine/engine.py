@@ -19,7 +19,7 @@ import torch
 
 from fleetlm.config import EngineConfig
 from fleetlm.engine.detokenizer import IncrementalDetokenizer
-from fleetlm.engine.errors import InvalidRequestError, PromptTooLongError
+from fleetlm.engine.errors import InvalidRequestError, PromptTooLongError, RequestFailedError
 from fleetlm.engine.kv_cache import KVCacheManager
 from fleetlm.engine.loader import load_model
 from fleetlm.engine.model_runner import ModelRunner, kv_bytes_per_block
@@ -103,6 +103,7 @@ class LLMEngine:
             # only now: the load-time temporaries (fp32 weights) went back to the OS
             keep_freed_memory_in_heap()
         self.requests: dict[str, Request] = {}
+        self.failed: list[tuple[str, RequestFailedError]] = []  # (request id, why), ended in the last steps
         self._grammar = None
         self._grammar_lock = threading.Lock()
         self._seq_ids = itertools.count()
@@ -242,23 +243,17 @@ class LLMEngine:
         now = time.monotonic()
         touched: dict[str, Request] = {}
         for seq, tok, lp in zip(sampling_seqs, tokens, logprobs):
-            req = self.requests[seq.request_id]
-            seq.token_ids.append(tok)
-            if seq.matcher is not None:
-                seq.matcher.accept(tok)
-            if seq.first_token_time is None:
-                seq.first_token_time = now
-            if lp is not None:
-                seq.logprobs.append(lp)
-            p = seq.params
-            eos = not p.ignore_eos and tok in self.loaded.eos_token_ids
-            stop_id = tok in p.stop_token_ids
-            # a matched stop token's text is left out unless asked for (as vLLM does)
-            keep_text = not (eos or stop_id) or p.include_stop_str_in_output
-            stop_str = req.detoks[seq.index].add(tok) if keep_text else None
-            reason = self._finish_reason(seq, req, tok, eos=eos, stop_id=stop_id, stop_str=stop_str)
-            if reason is not None:
-                self.scheduler.finish(seq, reason)
+            req = self.requests.get(seq.request_id)
+            if req is None:
+                continue  # a sibling of this step failed, ending the request
+            try:
+                self._take_token(seq, req, tok, lp, now)
+            except Exception as exc:  # noqa: BLE001 - this request's failure must not stop the others
+                self.abort(req.request_id)
+                touched.pop(req.request_id, None)
+                self.failed.append((req.request_id, RequestFailedError(
+                    f"the engine failed on this request: {type(exc).__name__}: {exc}")))
+                continue
             touched[req.request_id] = req
         outputs = []
         for req in touched.values():
@@ -267,6 +262,25 @@ class LLMEngine:
                 del self.requests[req.request_id]
             outputs.append(self._output(req))
         return outputs
+
+    def _take_token(self, seq: Sequence, req: Request, tok: int, lp, now: float) -> None:
+        """Append a sampled token to seq: grammar, logprobs, text, and whether it finishes."""
+        seq.token_ids.append(tok)
+        if seq.matcher is not None:
+            seq.matcher.accept(tok)
+        if seq.first_token_time is None:
+            seq.first_token_time = now
+        if lp is not None:
+            seq.logprobs.append(lp)
+        p = seq.params
+        eos = not p.ignore_eos and tok in self.loaded.eos_token_ids
+        stop_id = tok in p.stop_token_ids
+        # a matched stop token's text is left out unless asked for (as vLLM does)
+        keep_text = not (eos or stop_id) or p.include_stop_str_in_output
+        stop_str = req.detoks[seq.index].add(tok) if keep_text else None
+        reason = self._finish_reason(seq, req, tok, eos=eos, stop_id=stop_id, stop_str=stop_str)
+        if reason is not None:
+            self.scheduler.finish(seq, reason)
 
     def _finish_reason(self, seq: Sequence, req: Request, tok: int, *, eos: bool, stop_id: bool,
                        stop_str: str | None) -> str | None:

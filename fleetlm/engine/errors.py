@@ -1,5 +1,7 @@
-"""Typed errors the engine raises before any work is queued. The API layer maps each to an
-OpenAI-shaped 4xx; `param` names the offending request field."""
+"""Typed errors of the engine. Those raised before any work is queued are a request's fault:
+the API layer maps each to an OpenAI-shaped 4xx; `param` names the offending request field.
+`RequestFailedError` is the engine's own failure on one request, which ends that request
+only (a 500 for it; every other request goes on)."""
 
 from __future__ import annotations
 
@@ -23,3 +25,8 @@ class PromptTooLongError(InvalidRequestError):
         )
         self.prompt_tokens = prompt_tokens
         self.max_model_len = max_model_len
+
+
+class RequestFailedError(RuntimeError):
+    """One request failed while the engine handled its new token (a fleetlm bug, not the
+    request's fault); it was ended and its KV blocks freed, and the engine serves the rest."""

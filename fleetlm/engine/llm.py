@@ -47,4 +47,9 @@ class LLM:
             for out in self.engine.step():
                 if out.finished:
                     done[out.request_id] = out
+            if self.engine.failed:  # the engine's own failure on a request: the others are aborted
+                rid, exc = self.engine.failed.pop()
+                for r in reqs:
+                    self.engine.abort(r.request_id)
+                raise exc
         return [done[r.request_id] for r in reqs]

@@ -220,3 +220,31 @@ def test_engine_is_built_on_its_own_thread_and_a_load_error_reaches_the_caller(t
         llm.shutdown()
     with pytest.raises(ModelNotAvailableError, match="no-such-model"):
         AsyncLLM(EngineConfig(model=str(tmp_path / "no-such-model"), dtype="float32"))
+
+
+def test_the_engines_failure_on_one_request_ends_that_request_alone(async_llm, monkeypatch):
+    from fleetlm.engine.engine import LLMEngine
+    from fleetlm.engine.errors import RequestFailedError
+
+    take = LLMEngine._take_token
+
+    def flaky(self, seq, req, tok, lp, now):  # a bug that shows on one request's 4th token
+        if req.request_id == "bad" and seq.num_output_tokens >= 3:
+            raise RuntimeError("boom")
+        return take(self, seq, req, tok, lp, now)
+
+    monkeypatch.setattr(LLMEngine, "_take_token", flaky)
+    llm = async_llm()
+
+    async def main():
+        good = asyncio.ensure_future(collect(llm, prompts(2)[0], LONG))
+        with pytest.raises(RequestFailedError, match="boom"):
+            async for _ in llm.generate(prompts(2)[1], LONG, request_id="bad"):
+                pass
+        outs = await good  # the other request, in the same batch, goes on to its end
+        assert outs[-1].finished and len(outs[-1].outputs[0].token_ids) == LONG.max_tokens
+        await wait_until(lambda: all_free(llm))
+        assert llm.stats().error is None  # and the engine serves on
+        assert len((await collect(llm, prompts(1)[0], GREEDY))[-1].outputs[0].token_ids) == GREEDY.max_tokens
+
+    asyncio.run(main())
