@@ -10,10 +10,11 @@ blocks at once. `AsyncLLM` (async_engine.py) runs this core on a thread.
 from __future__ import annotations
 
 import itertools
+import os
 import threading
 import time
-from pathlib import Path
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
@@ -49,6 +50,23 @@ def keep_freed_memory_in_heap() -> bool:
         return False
 
 
+# Entries kept in each of oneDNN's two shape-keyed caches (its primitive cache and ideep's
+# LRU of computations); both default to 1,024. Every PackedLinear call with a new row count
+# (prompt chunks and decode batches change it each step) adds one entry per weight shape, so
+# a long-running server filled them: +600 MiB RSS over a 10,000-request soak, still growing.
+# Measured (bf16, 2 cores, 4 projections, row counts 1-600): 1,024 -> +827 MiB, 128 -> +126 MiB,
+# no slower (a miss rebuilds a primitive in microseconds). An environment value set by the
+# user wins.
+ONEDNN_CACHE_CAPACITY = 128
+
+
+def bound_onednn_caches(capacity: int = ONEDNN_CACHE_CAPACITY) -> None:
+    """Cap oneDNN's shape-keyed caches. Read once, at oneDNN's first use in the process: call
+    before any mkldnn op (weight packing at load included)."""
+    for var in ("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "LRU_CACHE_CAPACITY"):
+        os.environ.setdefault(var, str(capacity))
+
+
 @dataclass(eq=False)
 class Request:
     request_id: str
@@ -72,6 +90,7 @@ class LLMEngine:
         from fleetlm.models.embedded import resolve_model_path
 
         self.config = config
+        bound_onednn_caches()
         if config.num_threads:
             torch.set_num_threads(config.num_threads)
         path = resolve_model_path(config.model, cache_dir=config.cache_dir)
