@@ -15,6 +15,7 @@ import hmac
 import logging
 
 from fastapi import FastAPI
+from starlette.exceptions import HTTPException
 
 from fleetlm.api.errors import error_response
 from fleetlm.api.metrics import Metrics
@@ -46,12 +47,13 @@ class BodyLimit:
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > limit:
-                    raise _TooLarge()
+                    # an HTTPException, so the body parser passes it on (it turns others into a 400)
+                    raise _TooLarge(413, f"request body larger than {limit} bytes")
             return message
 
         try:
             await self.app(scope, limited, send)
-        except _TooLarge:
+        except _TooLarge:  # raised where no exception handler runs
             await self._reject(send, limit)
 
     async def _reject(self, send, limit: int):
@@ -60,7 +62,7 @@ class BodyLimit:
         await send({"type": "http.response.body", "body": resp.body})
 
 
-class _TooLarge(Exception):
+class _TooLarge(HTTPException):
     pass
 
 

@@ -74,6 +74,21 @@ def test_hostile_bodies_get_4xx_and_the_server_survives(server):
     assert sum(n for s, n in statuses.items() if s >= 400) > 200  # hostile means mostly rejected
 
 
+def test_a_chunked_body_is_counted_as_it_comes(server):
+    """No Content-Length (chunked transfer): the limit holds on the bytes received."""
+    def chunks():
+        yield b'{"model": "tiny", "prompt": "'
+        for _ in range(10):
+            yield b"x" * 2**20
+        yield b'"}'
+
+    with httpx.Client(base_url=server.base_url, timeout=60) as client:
+        big = client.post("/v1/completions", content=chunks(), headers={"content-type": "application/json"})
+        assert big.status_code == 413 and "larger than" in big.json()["error"]["message"]
+        ok = client.post("/v1/completions", json={"model": "tiny", "prompt": "ok", "max_tokens": 2})
+        assert ok.status_code == 200
+
+
 def test_text_that_is_not_unicode_is_a_400_naming_the_field(server):
     """A lone surrogate (JSON "\\ud800") reaches no tokenizer: 400 naming where it is."""
     tool = {"type": "function", "function": {"name": "f", "description": "\ud800", "parameters": {"type": "object"}}}
