@@ -250,11 +250,41 @@ class LLMEngine:
         if not sched:
             return []
         logits, sampling_seqs = self.runner.execute(sched)
-        tokens, logprobs = sample(logits, sampling_seqs, self.gen) if sampling_seqs else ([], [])
+        tokens, logprobs = [], []
+        if sampling_seqs:
+            try:
+                tokens, logprobs = sample(logits, sampling_seqs, self.gen)
+            except Exception:  # noqa: BLE001 - find the row that fails; only its request ends
+                sampling_seqs, tokens, logprobs = self._sample_apart(logits, sampling_seqs)
         return self._update(sched, sampling_seqs, tokens, logprobs)
+
+    def _sample_apart(self, logits: torch.Tensor, seqs: list[Sequence]) -> tuple[list, list, list]:
+        """Sample row by row after the batch failed: a row that fails again ends its request
+        (`failed`); the others get their tokens. Only taken when something is already wrong."""
+        kept, tokens, logprobs = [], [], []
+        for i, seq in enumerate(seqs):
+            if seq.request_id not in self.requests:
+                continue  # a sibling failed a moment ago
+            try:
+                (tok,), (lp,) = sample(logits[i : i + 1], [seq], self.gen)
+            except Exception as exc:  # noqa: BLE001
+                self._fail(seq.request_id, exc)
+                continue
+            kept.append(seq)
+            tokens.append(tok)
+            logprobs.append(lp)
+        return kept, tokens, logprobs
+
+    def _fail(self, request_id: str, exc: Exception) -> None:
+        """End one request for the engine's own failure on it (blocks freed at once)."""
+        self.abort(request_id)
+        self.failed.append((request_id, RequestFailedError(
+            f"the engine failed on this request: {type(exc).__name__}: {exc}")))
 
     def _update(self, sched, sampling_seqs, tokens, logprobs) -> list[RequestOutput]:
         for seq, n in zip(sched.seqs, sched.num_new_tokens):
+            if seq.finished:
+                continue  # ended by a failure while sampling this step; its blocks are free
             seq.num_computed_tokens += n
             self.kv.cache_computed_blocks(seq)
             if seq.num_computed_tokens >= seq.prompt_len:
@@ -268,10 +298,8 @@ class LLMEngine:
             try:
                 self._take_token(seq, req, tok, lp, now)
             except Exception as exc:  # noqa: BLE001 - this request's failure must not stop the others
-                self.abort(req.request_id)
+                self._fail(req.request_id, exc)
                 touched.pop(req.request_id, None)
-                self.failed.append((req.request_id, RequestFailedError(
-                    f"the engine failed on this request: {type(exc).__name__}: {exc}")))
                 continue
             touched[req.request_id] = req
         outputs = []

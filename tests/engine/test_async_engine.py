@@ -248,3 +248,30 @@ def test_the_engines_failure_on_one_request_ends_that_request_alone(async_llm, m
         assert len((await collect(llm, prompts(1)[0], GREEDY))[-1].outputs[0].token_ids) == GREEDY.max_tokens
 
     asyncio.run(main())
+
+
+def test_a_sampling_failure_on_one_row_ends_that_request_alone(async_llm, monkeypatch):
+    import fleetlm.engine.engine as engine_module
+    from fleetlm.engine.errors import RequestFailedError
+
+    real_sample = engine_module.sample
+
+    def flaky(logits, seqs, gen):  # a grammar or sampler bug that shows on one request's rows
+        if any(s.request_id == "bad" and s.num_output_tokens >= 2 for s in seqs):
+            raise RuntimeError("mask failed")
+        return real_sample(logits, seqs, gen)
+
+    monkeypatch.setattr(engine_module, "sample", flaky)
+    llm = async_llm()
+
+    async def main():
+        good = asyncio.ensure_future(collect(llm, prompts(2)[0], LONG))
+        with pytest.raises(RequestFailedError, match="mask failed"):
+            async for _ in llm.generate(prompts(2)[1], LONG, request_id="bad"):
+                pass
+        outs = await good
+        assert outs[-1].finished and len(outs[-1].outputs[0].token_ids) == LONG.max_tokens
+        await wait_until(lambda: all_free(llm))
+        assert llm.stats().error is None
+
+    asyncio.run(main())
