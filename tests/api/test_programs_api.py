@@ -49,6 +49,11 @@ PROGRAMS = textwrap.dedent('''
         return "late"
 
 
+    @program("pick")
+    async def pick(ctx, messages):
+        return await ctx.select(ctx.default_model, messages, ["red", "blue", "green"])
+
+
     @program("wide")
     async def wide(ctx, messages):
         out = await ctx.gather(*(ctx.chat(ctx.default_model, messages, max_tokens=200, rollout=i,
@@ -105,6 +110,20 @@ def programs_server(tiny_gemma_2k, tmp_path_factory):
     yield running
     srv.should_exit = True
     thread.join(10)
+
+
+def test_select_scores_each_choice_by_its_log_probability_on_the_local_model(programs_server):
+    client = programs_server.client()
+    r = client.chat.completions.create(model="compound/pick", messages=ASK)
+    step = r.model_extra["fleetlm_trace"]["steps"][0]
+    assert step["name"] == "select" and step["by"] == "logprob" and set(step["scores"]) == {"red", "blue", "green"}
+    assert r.choices[0].message.content == max(step["scores"], key=step["scores"].get)
+    for choice, score in step["scores"].items():  # each score is the forced answer's logprob sum, as the API gives it
+        direct = client.chat.completions.create(
+            model="tiny", messages=ASK, temperature=0, logprobs=True, max_tokens=16,
+            response_format={"type": "json_schema", "json_schema": {"name": "choice", "schema": {"enum": [choice]}}})
+        assert direct.choices[0].message.content == f'"{choice}"'
+        assert sum(t.logprob for t in direct.choices[0].logprobs.content) == pytest.approx(score, abs=1e-3)
 
 
 def test_usage_is_the_sum_of_the_calls_and_the_ledger_counts_each_once(programs_server):

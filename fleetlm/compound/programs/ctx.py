@@ -153,17 +153,48 @@ class Ctx:
         results = await self.gather(*(self.chat(model, messages, rollout=i, **params) for i in range(n)))
         return [r.choices[0] for r in results]
 
-    async def select(self, model: str, messages: Messages, choices: list[str], **params) -> str:
-        """One of `choices`, decoded under a grammar that allows nothing else."""
+    async def select(self, model: str, messages: Messages, choices: list[str], *, by: str = "auto",
+                     **params) -> str:
+        """One of `choices`.
+        - by="logprob": every choice scored by its log-probability as the answer, on a local
+          model: the choice is forced by a grammar and scored with the model's own token
+          log-probabilities (taken before the grammar), one call per choice sharing the
+          prompt's KV; the highest sum wins (ties: the first). At most 16 choices.
+        - by="grammar": one decode under a grammar that allows only the choices (any model).
+        - "auto": logprob on a local model (its card has a context length), else grammar.
+        A step records how it chose (and the scores)."""
         if not choices or not all(isinstance(c, str) for c in choices):
             raise BadRequestError(f"{self.program_id}: select needs a list of strings", param="choices")
-        schema = {"type": "json_schema", "json_schema": {"name": "choice", "schema": {"enum": list(choices)}}}
-        result = await self.chat(model, messages, response_format=schema, temperature=0, **params)
+        if by == "auto":
+            by = "logprob" if self.target(model).card().max_model_len is not None and len(choices) <= 16 else "grammar"
+        if by == "logprob":
+            if len(choices) > 16:
+                raise BadRequestError(f"{self.program_id}: select by logprob takes at most 16 choices",
+                                      param="choices")
+            scores = await self.gather(*(self._choice_logprob(model, messages, c, i, params)
+                                         for i, c in enumerate(choices)))
+            best = max(range(len(choices)), key=lambda i: scores[i])
+            self.step("select", by="logprob", scores={c: round(x, 4) for c, x in zip(choices, scores)})
+            return choices[best]
+        if by != "grammar":
+            raise BadRequestError(f"{self.program_id}: select by {by!r}: use auto, logprob or grammar", param="by")
+        result = await self.chat(model, messages, response_format=_enum(choices), temperature=0, **params)
         try:
             choice = json.loads(result.text)
         except ValueError:
             choice = None
+        self.step("select", by="grammar")
         return choice if choice in choices else choices[0]  # cut by max_tokens: the first choice
+
+    async def _choice_logprob(self, model: str, messages: Messages, choice: str, i: int, params: dict) -> float:
+        """log P(choice as the answer | messages): its JSON text forced, its tokens' logprobs summed."""
+        want, params = json.dumps(choice), dict(params)
+        limit = params.pop("max_tokens", None) or len(want.encode()) + 8  # a token is at least a byte
+        r = await self.chat(model, messages, response_format=_enum([choice]), temperature=0, logprobs=True,
+                            max_tokens=limit, rollout=i, **params)
+        if r.text != want or not r.choices[0].logprobs:  # cut short: not a whole answer
+            return float("-inf")
+        return sum(e["logprob"] for e in r.choices[0].logprobs)
 
     async def gather(self, *calls: Awaitable) -> list:
         """Run calls concurrently; if one fails, the others are cancelled and its error raised."""
@@ -294,3 +325,8 @@ def majority(answers: list[str], key: Callable[[str], str] = lambda s: s) -> tup
     votes = Counter(keys)
     best = max(votes, key=lambda k: (votes[k], -keys.index(k)))
     return answers[keys.index(best)], dict(votes)
+
+
+def _enum(choices: list[str]) -> dict:
+    """A response_format allowing exactly one of `choices` (as a JSON string)."""
+    return {"type": "json_schema", "json_schema": {"name": "choice", "schema": {"enum": list(choices)}}}
