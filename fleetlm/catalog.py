@@ -146,7 +146,7 @@ def build(llm, *, model_id: str, server: ServerConfig, fleet: FleetFile | None =
 
 
 def build_routers(configs: list[RouterConfig], by_id) -> list[Target]:
-    """RouterTargets (plus router/auto for the default one) over already-built Targets
+    """RouterTargets (plus router/auto and compound/auto for the default one) over already-built Targets
     (`by_id`: model id -> Target, e.g. the Catalog itself, adapters included)."""
     from fleetlm.backends.router import RouterTarget, fixed_order
 
@@ -170,6 +170,7 @@ def build_routers(configs: list[RouterConfig], by_id) -> list[Target]:
         else:
             rank = fixed_order(cfg.order)
         candidates = {name: by_id[mid] for name, mid in cfg.candidates.items()}
-        for rid in [f"router/{cfg.name}"] + (["router/auto"] if cfg.default else []):
+        aliases = [a for a in ("router/auto", "compound/auto") if a not in by_id] if cfg.default else []
+        for rid in [f"router/{cfg.name}"] + aliases:  # a program named `auto` keeps compound/auto
             out.append(RouterTarget(rid, rank, candidates, cooldown_s=cfg.cooldown_s))
     return out

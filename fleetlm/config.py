@@ -193,7 +193,7 @@ class RouterConfig(FromDict):
     order: list[str] | None = None  # without `path`: a fixed preference order (fallback chain)
     lam: float | None = None  # quality - lam * cost trade-off; None keeps the trained router's
     cooldown_s: float = 30.0  # a failing candidate is skipped this long
-    default: bool = False  # also serve it as router/auto
+    default: bool = False  # also serve it as router/auto and compound/auto
 
     def __post_init__(self):
         if not self.name or "/" in self.name or self.name == "auto":

@@ -39,7 +39,8 @@ def test_router_serves_with_the_policys_choice_and_names_it(fleet):
     front, _ = fleet
     client = front.client()
     ids = [m.id for m in client.models.list().data]
-    assert {"router/chain", "router/auto"} <= set(ids)
+    assert {"router/chain", "router/auto", "compound/auto"} <= set(ids)
+    assert client.completions.create(model="compound/auto", prompt="hi", max_tokens=3).model == "upstream/a/tiny"
     raw = client.completions.with_raw_response.create(model="router/auto", prompt="hi", max_tokens=3)
     assert raw.headers["x-fleetlm-served-by"] == "upstream/a/tiny"
     assert raw.parse().model == "upstream/a/tiny"

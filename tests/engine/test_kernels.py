@@ -53,3 +53,18 @@ def test_kernel_matches_torch_path(kernel, dtype, tol, window):
 
     ref, ours = run(None), run(kernel)
     assert (ours.float() - ref.float()).abs().max().item() <= tol
+
+
+def test_a_build_lock_left_by_a_killed_process_is_cleared(tmp_path):
+    import os
+    import time
+
+    from fleetlm.engine.kernels import clear_stale_lock
+
+    lock = tmp_path / "lock"
+    lock.touch()
+    assert not clear_stale_lock(tmp_path) and lock.exists()  # fresh: another process is building
+    old = time.time() - 3600
+    os.utime(lock, (old, old))
+    assert clear_stale_lock(tmp_path) and not lock.exists()  # an hour old: nobody holds it
+    assert not clear_stale_lock(tmp_path)

@@ -29,6 +29,23 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+STALE_LOCK_S = 300.0  # a build takes 20-60 s; a lock this old was left by a process killed mid-build
+
+
+def clear_stale_lock(build_dir: Path, max_age_s: float = STALE_LOCK_S) -> bool:
+    """Remove torch's build lock if it is older than `max_age_s`: a process killed while it
+    held the lock leaves it behind, and every later load would wait on it forever."""
+    lock = Path(build_dir) / "lock"
+    try:
+        if time.time() - lock.stat().st_mtime <= max_age_s:
+            return False
+        lock.unlink()
+    except FileNotFoundError:
+        return False
+    log.warning("removed a stale kernel build lock %s (left by a process stopped mid-build)", lock)
+    return True
+
+
 def load_paged_decode(build_root: Path, *, progress=print):
     """The compiled op `paged_decode_attention(q, k_cache, v_cache, block_tables, ctx_lens,
     window, scale)`, or None if it cannot be built here."""
@@ -46,6 +63,7 @@ def _load(stem: str, function: str, what: str, build_root: Path, progress):
     key = hashlib.sha256(f"{src}|{torch.__version__}|{_cpu_model()}".encode()).hexdigest()[:16]
     build_dir = Path(build_root) / f"{stem}-{key}"
     build_dir.mkdir(parents=True, exist_ok=True)
+    clear_stale_lock(build_dir)
     fresh = not any(build_dir.glob("*.so"))
     try:
         from torch.utils.cpp_extension import load_inline
