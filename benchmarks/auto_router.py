@@ -129,7 +129,7 @@ def bfcl_items(n: int) -> list[Item]:
 
 
 def start_server(with_router: bool):
-    from fleetlm.config import load_fleet_toml
+    from fleetlm.fleet_toml import load_fleet_toml
 
     fleet = load_fleet_toml(str(FLEET_TOML))
     if not with_router:

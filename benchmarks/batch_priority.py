@@ -80,7 +80,8 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, default=2, help="batch lines at once")
     args = ap.parse_args()
 
-    from fleetlm.config import FleetFile, TenantsConfig
+    from fleetlm.config import TenantsConfig
+    from fleetlm.fleet_toml import FleetFile
 
     folder = Path(tempfile.mkdtemp(prefix="fleetlm-batch-bench-"))
     fleet = FleetFile(tenants=TenantsConfig(database=str(folder / "fleet.db"), batch_concurrency=args.concurrency))

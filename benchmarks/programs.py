@@ -90,7 +90,8 @@ def held_out_problems(n: int, seed: int) -> tuple[list[dict], list[dict]]:
 
 
 def start_server():
-    from fleetlm.config import FleetFile, ProgramConfig
+    from fleetlm.config import ProgramConfig
+    from fleetlm.fleet_toml import FleetFile
 
     folder = Path(tempfile.mkdtemp(prefix="fleetlm-programs-"))
     (folder / "bench.py").write_text(PROGRAMS)

@@ -13,7 +13,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from fleetlm.config import FleetFile, RouterConfig, ServerConfig
+from fleetlm.config import RouterConfig, ServerConfig
+from fleetlm.fleet_toml import FleetFile
 from fleetlm.openai.chunks import ChatChunk, CompletionChunk, ModelCard, Pricing
 from fleetlm.openai.errors import NotFoundError
 from fleetlm.openai.protocol import ChatCompletionRequest, CompletionRequest

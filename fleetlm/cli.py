@@ -85,7 +85,7 @@ def cmd_serve(args) -> int:
                     price_input_per_mtok=args.price_input_per_mtok, price_output_per_mtok=args.price_output_per_mtok)
     fleet_file = None
     if args.config:
-        from fleetlm.config import load_fleet_toml
+        from fleetlm.fleet_toml import load_fleet_toml
 
         fleet_file = load_fleet_toml(args.config)
     serve(engine, server, fleet_file)

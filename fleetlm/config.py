@@ -1,5 +1,5 @@
-"""One validated dataclass per component, and the fleet.toml that holds them. Unknown keys
-are errors, never ignored; every dataclass is built from a dict by the one `from_dict`.
+"""One validated dataclass per component (`fleetlm.fleet_toml` reads them from a file).
+Unknown keys are errors, never ignored; every dataclass is built by the one `from_dict`.
 
 This module imports nothing else of fleetlm: every layer may read its configuration."""
 
@@ -376,9 +376,7 @@ class TenantsConfig(FromDict):
     server's `api_key`, which is the master key and the only one that may manage keys)."""
 
     database: str = "fleetlm.db"  # SQLite file (relative to fleet.toml), or a postgresql:// URL
-    # uploaded and batch output files (local disk, whichever the database); default: <database>.files
-    # beside a SQLite file, fleetlm-files (relative to fleet.toml) for a PostgreSQL URL
-    files_dir: str | None = None
+    files_dir: str | None = None  # uploads, batch output (local disk): <database>.files; a URL: fleetlm-files
     batch_discount: float = 0.5  # batch requests are billed at (1 - discount) of the model's prices
     batch_concurrency: int = 2  # batch lines in flight at once (interactive traffic comes first)
     max_file_bytes: int = 100 * 2**20  # largest upload to /v1/files
@@ -397,69 +395,6 @@ class TenantsConfig(FromDict):
             self.files_dir = "fleetlm-files" if is_postgres_url(self.database) else f"{self.database}.files"
 
 
-@dataclass
-class FleetFile:
-    """A fleet.toml, every table validated into its dataclass."""
-
-    upstreams: list[UpstreamConfig] = field(default_factory=list)
-    routers: list[RouterConfig] = field(default_factory=list)
-    pools: list[PoolConfig] = field(default_factory=list)
-    devices: list[Device] = field(default_factory=list)  # for `fleet plan` / `fleet hardware`
-    tool_agents: list[ToolAgentConfig] = field(default_factory=list)
-    programs: list[ProgramConfig] = field(default_factory=list)
-    tenants: TenantsConfig | None = None  # `[tenants]`: keys, budgets, ledger, batches
-
-
-# fleet.toml table -> (its dataclass, FleetFile field, the key that must be unique)
-TABLES = {"upstream": (UpstreamConfig, "upstreams", "name"), "router": (RouterConfig, "routers", "name"),
-          "pool": (PoolConfig, "pools", "model"), "device": (Device, "devices", "name"),
-          "tool_agent": (ToolAgentConfig, "tool_agents", "name"), "program": (ProgramConfig, "programs", "name")}
-
-
-def load_fleet_toml(path: str) -> FleetFile:
-    """Read a fleet.toml (`[[upstream]]`, `[[router]]`, `[[pool]]`, `[[device]]`,
-    `[[tool_agent]]` and `[[program]]` tables, and one `[tenants]`) into typed configs; unknown
-    tables or keys are errors. Relative file paths in it (a router's `path`, a tool agent's
-    `sqlite` and `docs`, the tenants' database) are read relative to the file's folder."""
-    import tomllib
-
-    with open(path, "rb") as f:
-        data = tomllib.load(f)
-    unknown = sorted(set(data) - set(TABLES) - {"tenants"})
-    if unknown:
-        raise ValueError(f"{path}: unknown table(s) {', '.join(unknown)}; known: {', '.join(TABLES)}, tenants")
-    fleet = FleetFile()
-    if "tenants" in data:
-        if not isinstance(data["tenants"], dict):
-            raise ValueError(f"{path}: [tenants] is one table, not a list")
-        fleet.tenants = TenantsConfig.from_dict(dict(data["tenants"]), label="tenants")
-    for table, (cls, attr, key) in TABLES.items():
-        items = [cls.from_dict(dict(values), label=table) for values in data.get(table, [])]
-        keys = [getattr(item, key) for item in items]
-        if len(keys) != len(set(keys)):
-            raise ValueError(f"{path}: {table} {key}s must be unique")
-        setattr(fleet, attr, items)
-    if sum(r.default for r in fleet.routers) > 1:
-        raise ValueError(f"{path}: at most one router can be the default (router/auto)")
-    here = Path(path).resolve().parent  # relative paths in the file are relative to the file
-    for r in fleet.routers:
-        r.path = _beside(here, r.path)
-    for a in fleet.tool_agents:
-        a.sqlite, a.docs = _beside(here, a.sqlite), _beside(here, a.docs)
-    if fleet.tenants is not None:
-        t = fleet.tenants
-        t.database = t.database if is_postgres_url(t.database) else _beside(here, t.database)
-        t.files_dir = _beside(here, t.files_dir)
-    return fleet
-
-
 def is_postgres_url(database: str) -> bool:
     """`[tenants] database` names a PostgreSQL database (a libpq URL), not a SQLite file."""
     return database.startswith(("postgresql://", "postgres://"))
-
-
-def _beside(folder: Path, path: str | None) -> str | None:
-    if path is None:
-        return None
-    p = Path(path).expanduser()
-    return str(p if p.is_absolute() else folder / p)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from fleetlm.config import Budget, ProgramConfig, from_dict, load_fleet_toml
+from fleetlm.config import Budget, ProgramConfig, from_dict
+from fleetlm.fleet_toml import load_fleet_toml
 
 
 def test_program_tables_and_their_budgets(tmp_path):

@@ -7,7 +7,7 @@ import re
 import subprocess
 from pathlib import Path
 
-from fleetlm.config import load_fleet_toml
+from fleetlm.fleet_toml import load_fleet_toml
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -13,7 +13,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from fleetlm.config import EngineConfig, FleetFile, ServerConfig
+from fleetlm.config import EngineConfig, ServerConfig
+from fleetlm.fleet_toml import FleetFile
 
 log = logging.getLogger("fleetlm.server")
 

@@ -73,7 +73,7 @@ def _devices(config: str | None, local=None):
 
     user = []
     if config:
-        from fleetlm.config import load_fleet_toml
+        from fleetlm.fleet_toml import load_fleet_toml
 
         user = load_fleet_toml(config).devices
     return get_devices(user=user, local=local)

@@ -52,7 +52,7 @@ def _database(args):
         return Database(args.database)
     if not Path(args.config).is_file():
         raise SystemExit(f"error: {args.config} not found; pass --config FILE (with [tenants]) or --database FILE")
-    from fleetlm.config import load_fleet_toml
+    from fleetlm.fleet_toml import load_fleet_toml
 
     tenants = load_fleet_toml(args.config).tenants
     if tenants is None:

@@ -13,8 +13,9 @@ import httpx
 import pytest
 
 from fleetlm.api.server import app_for_engine
-from fleetlm.config import EngineConfig, FleetFile, ServerConfig
+from fleetlm.config import EngineConfig, ServerConfig
 from fleetlm.engine.async_engine import AsyncLLM
+from fleetlm.fleet_toml import FleetFile
 
 
 @dataclass

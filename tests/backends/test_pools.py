@@ -24,8 +24,9 @@ def start_front(model_folder, *, upstreams, pools):
     import uvicorn
 
     from fleetlm.api.server import app_for_engine
-    from fleetlm.config import EngineConfig, FleetFile, ServerConfig
+    from fleetlm.config import EngineConfig, ServerConfig
     from fleetlm.engine.async_engine import AsyncLLM
+    from fleetlm.fleet_toml import FleetFile
 
     llm = AsyncLLM(EngineConfig(model=str(model_folder), dtype="float32", max_model_len=256))
     config = ServerConfig(port=free_port())

@@ -5,7 +5,8 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from fleetlm.config import UpstreamConfig, load_fleet_toml
+from fleetlm.config import UpstreamConfig
+from fleetlm.fleet_toml import load_fleet_toml
 from tests.api.conftest import free_port, start_server
 
 

@@ -6,10 +6,17 @@ import json
 
 import pytest
 
-from fleetlm.config import load_fleet_toml
+from fleetlm.fleet_toml import load_fleet_toml
 from fleetlm.hardware.devices import CATALOG, Device, get_devices
-from fleetlm.hardware.perfmodel import (NAMED_SHAPES, Perf, decode_work, estimate, prefill_work, resolve_shape,
-                                        shape_from_config)
+from fleetlm.hardware.perfmodel import (
+    NAMED_SHAPES,
+    Perf,
+    decode_work,
+    estimate,
+    prefill_work,
+    resolve_shape,
+    shape_from_config,
+)
 from fleetlm.hardware.planner import instance_types
 
 L8, L70 = NAMED_SHAPES["Llama-3.1-8B"], NAMED_SHAPES["Llama-3.1-70B"]

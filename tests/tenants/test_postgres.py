@@ -9,7 +9,8 @@ import sys
 
 import pytest
 
-from fleetlm.config import TenantsConfig, load_fleet_toml
+from fleetlm.config import TenantsConfig
+from fleetlm.fleet_toml import load_fleet_toml
 from fleetlm.tenants import batches
 from fleetlm.tenants import keys as keydb
 from fleetlm.tenants.db import MIGRATIONS, Database
