@@ -222,9 +222,27 @@ def test_engine_is_built_on_its_own_thread_and_a_load_error_reaches_the_caller(t
         AsyncLLM(EngineConfig(model=str(tmp_path / "no-such-model"), dtype="float32"))
 
 
+def fails_alone(llm: AsyncLLM, message: str) -> None:
+    """Request "bad" ends with a RequestFailedError matching `message`, while another request
+    in the same batch goes on to its end, every block comes free and the engine serves on."""
+    from fleetlm.engine.errors import RequestFailedError
+
+    async def main():
+        good = asyncio.ensure_future(collect(llm, prompts(2)[0], LONG))
+        with pytest.raises(RequestFailedError, match=message):
+            async for _ in llm.generate(prompts(2)[1], LONG, request_id="bad"):
+                pass
+        outs = await good
+        assert outs[-1].finished and len(outs[-1].outputs[0].token_ids) == LONG.max_tokens
+        await wait_until(lambda: all_free(llm))
+        assert llm.stats().error is None
+        assert len((await collect(llm, prompts(1)[0], GREEDY))[-1].outputs[0].token_ids) == GREEDY.max_tokens
+
+    asyncio.run(main())
+
+
 def test_the_engines_failure_on_one_request_ends_that_request_alone(async_llm, monkeypatch):
     from fleetlm.engine.engine import LLMEngine
-    from fleetlm.engine.errors import RequestFailedError
 
     take = LLMEngine._take_token
 
@@ -234,25 +252,11 @@ def test_the_engines_failure_on_one_request_ends_that_request_alone(async_llm, m
         return take(self, seq, req, tok, lp, now)
 
     monkeypatch.setattr(LLMEngine, "_take_token", flaky)
-    llm = async_llm()
-
-    async def main():
-        good = asyncio.ensure_future(collect(llm, prompts(2)[0], LONG))
-        with pytest.raises(RequestFailedError, match="boom"):
-            async for _ in llm.generate(prompts(2)[1], LONG, request_id="bad"):
-                pass
-        outs = await good  # the other request, in the same batch, goes on to its end
-        assert outs[-1].finished and len(outs[-1].outputs[0].token_ids) == LONG.max_tokens
-        await wait_until(lambda: all_free(llm))
-        assert llm.stats().error is None  # and the engine serves on
-        assert len((await collect(llm, prompts(1)[0], GREEDY))[-1].outputs[0].token_ids) == GREEDY.max_tokens
-
-    asyncio.run(main())
+    fails_alone(async_llm(), "boom")
 
 
 def test_a_sampling_failure_on_one_row_ends_that_request_alone(async_llm, monkeypatch):
     import fleetlm.engine.engine as engine_module
-    from fleetlm.engine.errors import RequestFailedError
 
     real_sample = engine_module.sample
 
@@ -262,16 +266,4 @@ def test_a_sampling_failure_on_one_row_ends_that_request_alone(async_llm, monkey
         return real_sample(logits, seqs, gen)
 
     monkeypatch.setattr(engine_module, "sample", flaky)
-    llm = async_llm()
-
-    async def main():
-        good = asyncio.ensure_future(collect(llm, prompts(2)[0], LONG))
-        with pytest.raises(RequestFailedError, match="mask failed"):
-            async for _ in llm.generate(prompts(2)[1], LONG, request_id="bad"):
-                pass
-        outs = await good
-        assert outs[-1].finished and len(outs[-1].outputs[0].token_ids) == LONG.max_tokens
-        await wait_until(lambda: all_free(llm))
-        assert llm.stats().error is None
-
-    asyncio.run(main())
+    fails_alone(async_llm(), "mask failed")
