@@ -96,6 +96,11 @@ class EngineConfig(FromDict):
     enable_lora: bool = False
     max_loras: int = 8  # adapters resident at once (slots); others load from disk on demand, LRU
     max_lora_rank: int = 64  # larger adapters are refused with a clear error
+    # Speculative decoding: "ngram" drafts from earlier text (prompt lookup), verified
+    # losslessly; paused while more than speculative_max_batch rows decode. None: off.
+    speculative: str | None = None
+    num_draft_tokens: int = 4  # longest draft per step (adapted per sequence)
+    speculative_max_batch: int = 4
 
     def __post_init__(self):
         positive = ["block_size", "max_num_seqs", "max_num_batched_tokens"]
@@ -113,6 +118,11 @@ class EngineConfig(FromDict):
             raise ValueError("EngineConfig.kv_cache_memory_gb must be > 0")
         if self.max_loras < 1 or self.max_lora_rank < 1:
             raise ValueError("EngineConfig.max_loras and max_lora_rank must be >= 1")
+        if self.speculative not in (None, "ngram"):
+            raise ValueError(f"EngineConfig.speculative must be 'ngram' or None, got {self.speculative!r}")
+        if not 1 <= self.num_draft_tokens <= 16 or self.speculative_max_batch < 1:
+            raise ValueError(f"EngineConfig.num_draft_tokens must be in [1, 16] and speculative_max_batch >= 1, "
+                             f"got {self.num_draft_tokens} and {self.speculative_max_batch}")
 
 
 @dataclass(kw_only=True)

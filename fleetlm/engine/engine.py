@@ -10,7 +10,6 @@ blocks at once. `AsyncLLM` (async_engine.py) runs this core on a thread.
 from __future__ import annotations
 
 import itertools
-import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -19,6 +18,7 @@ from pathlib import Path
 import torch
 
 from fleetlm.config import EngineConfig
+from fleetlm.engine.cpu_memory import bound_onednn_caches, keep_freed_memory_in_heap
 from fleetlm.engine.detokenizer import IncrementalDetokenizer
 from fleetlm.engine.errors import InvalidRequestError, PromptTooLongError, RequestFailedError
 from fleetlm.engine.kv_cache import KVCacheManager
@@ -29,42 +29,7 @@ from fleetlm.engine.sampling import sample
 from fleetlm.engine.sampling_params import SamplingParams
 from fleetlm.engine.scheduler import Scheduler
 from fleetlm.engine.sequence import Sequence
-
-
-def keep_freed_memory_in_heap() -> bool:
-    """glibc: serve large allocations from the heap and never trim it, so buffers freed at
-    the end of a step are reused by the next one without page faults. Returns False where
-    glibc's mallopt is not available (other libc, other OS)."""
-    import ctypes
-    import ctypes.util
-
-    name = ctypes.util.find_library("c")
-    if not name:
-        return False
-    try:
-        libc = ctypes.CDLL(name)
-        m_trim_threshold, m_mmap_threshold = -1, -3
-        ok = libc.mallopt(m_mmap_threshold, 1 << 30) and libc.mallopt(m_trim_threshold, (1 << 31) - 1)
-        return bool(ok)
-    except (OSError, AttributeError):
-        return False
-
-
-# Entries kept in each of oneDNN's two shape-keyed caches (its primitive cache and ideep's
-# LRU of computations); both default to 1,024. Every PackedLinear call with a new row count
-# (prompt chunks and decode batches change it each step) adds one entry per weight shape, so
-# a long-running server filled them: +600 MiB RSS over a 10,000-request soak, still growing.
-# Measured (bf16, 2 cores, 4 projections, row counts 1-600): 1,024 -> +827 MiB, 128 -> +126 MiB,
-# no slower (a miss rebuilds a primitive in microseconds). An environment value set by the
-# user wins.
-ONEDNN_CACHE_CAPACITY = 128
-
-
-def bound_onednn_caches(capacity: int = ONEDNN_CACHE_CAPACITY) -> None:
-    """Cap oneDNN's shape-keyed caches. Read once, at oneDNN's first use in the process: call
-    before any mkldnn op (weight packing at load included)."""
-    for var in ("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "LRU_CACHE_CAPACITY"):
-        os.environ.setdefault(var, str(capacity))
+from fleetlm.engine.speculative import NgramProposer, verify
 
 
 @dataclass(eq=False)
@@ -113,7 +78,8 @@ class LLMEngine:
         self.lora_pool = self._lora_pool() if config.enable_lora else None
         self.scheduler = Scheduler(self.kv, max_num_seqs=config.max_num_seqs,
                                    max_num_batched_tokens=config.max_num_batched_tokens,
-                                   lora_pool=self.lora_pool)
+                                   lora_pool=self.lora_pool, proposer=self._proposer(),
+                                   max_model_len=self.max_model_len)
         self.runner = ModelRunner(self.loaded.model, num_blocks=num_blocks, block_size=bs,
                                   dtype=self.loaded.dtype, device=self.loaded.device,
                                   decode_kernel=self._decode_kernel(), lora_pool=self.lora_pool)
@@ -127,6 +93,12 @@ class LLMEngine:
         self._grammar_lock = threading.Lock()
         self._seq_ids = itertools.count()
         self._req_ids = itertools.count()
+
+    def _proposer(self) -> NgramProposer | None:
+        cfg = self.config
+        if cfg.speculative is None:
+            return None
+        return NgramProposer(cfg.num_draft_tokens, max_batch=cfg.speculative_max_batch)
 
     def _lora_pool(self):
         from fleetlm.engine.lora import LoRAPool, attach_lora, projection_shapes
@@ -250,13 +222,32 @@ class LLMEngine:
         if not sched:
             return []
         logits, sampling_seqs = self.runner.execute(sched)
+        verifying: dict[Sequence, torch.Tensor] = {}
+        if any(s.draft_ids for s in sched.seqs):
+            logits, sampling_seqs, verifying = self._split_drafts(logits, sampling_seqs)
         tokens, logprobs = [], []
         if sampling_seqs:
             try:
                 tokens, logprobs = sample(logits, sampling_seqs, self.gen)
             except Exception:  # noqa: BLE001 - find the row that fails; only its request ends
                 sampling_seqs, tokens, logprobs = self._sample_apart(logits, sampling_seqs)
-        return self._update(sched, sampling_seqs, tokens, logprobs)
+        return self._update(sched, sampling_seqs, tokens, logprobs, verifying)
+
+    @staticmethod
+    def _split_drafts(logits, seqs) -> tuple[torch.Tensor, list[Sequence], dict[Sequence, torch.Tensor]]:
+        """Rows of sequences verifying drafts (several consecutive rows each) apart from the
+        one-row-per-sequence rest, which is sampled as a batch."""
+        plain, verifying, i = [], {}, 0
+        while i < len(seqs):
+            seq = seqs[i]
+            n = 1 + len(seq.draft_ids)
+            if seq.draft_ids:
+                verifying[seq] = logits[i : i + n]
+            else:
+                plain.append(i)
+            i += n
+        rows = torch.tensor(plain, dtype=torch.long, device=logits.device)
+        return logits.index_select(0, rows), [seqs[i] for i in plain], verifying
 
     def _sample_apart(self, logits: torch.Tensor, seqs: list[Sequence]) -> tuple[list, list, list]:
         """Sample row by row after the batch failed: a row that fails again ends its request
@@ -281,9 +272,9 @@ class LLMEngine:
         self.failed.append((request_id, RequestFailedError(
             f"the engine failed on this request: {type(exc).__name__}: {exc}")))
 
-    def _update(self, sched, sampling_seqs, tokens, logprobs) -> list[RequestOutput]:
+    def _update(self, sched, sampling_seqs, tokens, logprobs, verifying) -> list[RequestOutput]:
         for seq, n in zip(sched.seqs, sched.num_new_tokens):
-            if seq.finished:
+            if seq.finished or seq in verifying:
                 continue  # ended by a failure while sampling this step; its blocks are free
             seq.num_computed_tokens += n
             self.kv.cache_computed_blocks(seq)
@@ -302,6 +293,12 @@ class LLMEngine:
                 touched.pop(req.request_id, None)
                 continue
             touched[req.request_id] = req
+        for seq, rows in verifying.items():
+            req = self.requests.get(seq.request_id)
+            if req is None:  # a sibling failed this step
+                seq.draft_ids = []
+            elif self._verify(seq, req, rows, now):
+                touched[req.request_id] = req
         outputs = []
         for req in touched.values():
             if req.finished:
@@ -309,6 +306,27 @@ class LLMEngine:
                 del self.requests[req.request_id]
             outputs.append(self._output(req))
         return outputs
+
+    def _verify(self, seq: Sequence, req: Request, rows: torch.Tensor, now: float) -> bool:
+        """Take seq's verified tokens (speculative.verify) and commit the drafts it kept;
+        False when the request failed on the way (it is then ended)."""
+        drafted = len(seq.draft_ids)
+        try:
+            accepted = verify(seq, rows, self._sample_one, lambda s, tok, lp: self._take_token(s, req, tok, lp, now))
+        except Exception as exc:  # noqa: BLE001 - as for a plain row: only this request ends
+            self._fail(req.request_id, exc)
+            return False
+        finally:
+            seq.draft_ids = []
+        self.scheduler.proposer.feedback(seq, drafted, accepted)
+        if not seq.finished:  # its last token and the accepted drafts are now in the cache
+            seq.num_computed_tokens += 1 + accepted
+            self.kv.cache_computed_blocks(seq)
+        return True
+
+    def _sample_one(self, row: torch.Tensor, seq: Sequence) -> tuple[int, object]:
+        (tok,), (lp,) = sample(row, [seq], self.gen)
+        return tok, lp
 
     def _take_token(self, seq: Sequence, req: Request, tok: int, lp, now: float) -> None:
         """Append a sampled token to seq: grammar, logprobs, text, and whether it finishes."""

@@ -24,7 +24,9 @@ class ModelInputs:
     positions: torch.Tensor  # (T,) int64
     meta: AttentionMetadata
     logit_rows: torch.Tensor  # (N,) int64, rows of the flat batch whose next token is sampled
-    sampling_seqs: list[Sequence]  # (N,) the sequences those rows belong to
+    # (N,) the sequences those rows belong to; a sequence with drafts has 1 + len(drafts)
+    # consecutive rows, one per position it verifies
+    sampling_seqs: list[Sequence]
     lora_slots: torch.Tensor | None = None  # (T,) int64 adapter slot per token; None: all base
 
 
@@ -62,17 +64,24 @@ class ModelRunner:
             if any_lora:
                 lora_slots.extend([seq.lora_slot] * n)
             ids.extend(seq.token_ids[c : c + n])
+            ids.extend(seq.draft_ids)
             pos = range(c, c + n)
             positions.extend(pos)
             table = seq.block_ids
             slots.extend(table[p // bs] * bs + p % bs for p in pos)
-            if n == 1:
-                dec_index.append(start)
-                dec_tables.append(table[: c // bs + 1])
-                dec_pos.append(c)
+            if n == 1 or seq.draft_ids:
+                # a decode, or a decode with drafts: each token is its own query row over the
+                # paged cache (their keys are written first, so each sees exactly its prefix)
+                for p in pos:
+                    dec_index.append(start + p - c)
+                    dec_tables.append(table[: p // bs + 1])
+                    dec_pos.append(p)
             else:
                 chunks.append(self._chunk_row(start, c, n, table))
-            if c + n == seq.num_tokens:
+            if seq.draft_ids:  # logits at every position: the engine verifies the drafts
+                logit_rows.extend(range(start, start + n))
+                sampling.extend([seq] * n)
+            elif c + n == seq.num_tokens:
                 logit_rows.append(start + n - 1)
                 sampling.append(seq)
         decode = self._decode_rows(dec_index, dec_tables, dec_pos) if dec_index else None

@@ -12,6 +12,9 @@ runs; when none is free it waits, like a sequence that does not fit the KV cache
 Background sequences (`SamplingParams.priority` > 0, batch jobs) sit out every step in which
 an interactive one is computing its prompt or waits with room to start it: they keep their
 blocks and go on afterwards, so an interactive prompt is never computed beside them.
+With a draft proposer (speculative decoding), a decoding sequence may be owed more than one
+token: its last token plus the drafts the proposer offers, counted against the budget and
+given KV slots like any other token (speculative.py).
 """
 
 from __future__ import annotations
@@ -39,8 +42,10 @@ class SchedulerOutput:
 
 class Scheduler:
     def __init__(self, kv: KVCacheManager, *, max_num_seqs: int, max_num_batched_tokens: int,
-                 lora_pool=None):
+                 lora_pool=None, proposer=None, max_model_len: int | None = None):
         self.kv = kv
+        self.proposer = proposer  # speculative.NgramProposer, or None: one token per decode
+        self.max_model_len = max_model_len
         self.lora_pool = lora_pool  # lora.LoRAPool, or None when adapters are off
         self.max_num_seqs = max_num_seqs
         self.max_num_batched_tokens = max_num_batched_tokens
@@ -58,6 +63,7 @@ class Scheduler:
         out = SchedulerOutput()
         budget = self.max_num_batched_tokens
         pause = self._background_pauses()
+        spec = self.proposer is not None and len(self.running) <= self.proposer.max_batch
         # 1. running sequences, oldest first; preempt from the back when blocks run out
         i = 0
         while i < len(self.running) and budget > 0:
@@ -66,6 +72,10 @@ class Scheduler:
                 i += 1  # sits this step out, keeping its blocks
                 continue
             n = min(seq.num_tokens - seq.num_computed_tokens, budget)
+            seq.draft_ids = self._drafts(seq, budget) if spec and n == 1 and seq.prompt_computed else []
+            if seq.draft_ids and not self.kv.allocate(seq, seq.num_computed_tokens + 1 + len(seq.draft_ids)):
+                seq.draft_ids = []  # no room to speculate: decode one token as usual
+            n += len(seq.draft_ids)
             while not self.kv.allocate(seq, seq.num_computed_tokens + n):
                 victim = self.running.pop()
                 self._preempt(victim, out)
@@ -103,6 +113,15 @@ class Scheduler:
             budget -= n
         return out
 
+    def _drafts(self, seq: Sequence, budget: int) -> list[int]:
+        """Draft tokens for a decoding seq, never past its max_tokens, the context or the budget."""
+        limit = budget - 1
+        if seq.params.max_tokens is not None:
+            limit = min(limit, seq.params.max_tokens - seq.num_output_tokens - 1)
+        if self.max_model_len is not None:
+            limit = min(limit, self.max_model_len - seq.num_tokens - 1)
+        return self.proposer.propose(seq, limit) if limit > 0 else []
+
     def _background_pauses(self) -> bool:
         """Whether background rows sit this step out: an interactive sequence is computing its
         prompt, or waits with a free sequence slot and blocks for its whole prompt (so a
@@ -130,6 +149,7 @@ class Scheduler:
             seq.lora_slot = 0
 
     def _preempt(self, seq: Sequence, out: SchedulerOutput) -> None:
+        seq.draft_ids = []
         self._drop_lora_slot(seq)
         self.kv.free_seq(seq)
         seq.status = SeqStatus.WAITING

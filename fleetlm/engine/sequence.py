@@ -50,6 +50,10 @@ class Sequence:
     lora: object | None = None  # lora.AdapterWeights when served by an adapter, else the base model
     lora_slot: int = 0  # the adapter's pool slot while running (0: base model, or not running)
     cache_salt: bytes = b""  # seeds the prefix-hash chain (the adapter's identity)
+    # speculative decoding: tokens proposed after the last one for this step (verified by the
+    # engine, then cleared), and the proposer's per-sequence state
+    draft_ids: list[int] = field(default_factory=list)
+    draft_state: object | None = None  # speculative.DraftState
 
     @property
     def num_tokens(self) -> int:

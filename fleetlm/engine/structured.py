@@ -234,6 +234,14 @@ class GrammarMatcher:
         if not self._ll.consume_token(token_id):
             raise GrammarStateError(f"token {token_id} is not allowed by the grammar: {self._ll.get_error()}")
 
+    def valid_prefix(self, tokens: list[int]) -> int:
+        """How many leading `tokens` the grammar would accept from here (state unchanged)."""
+        return self._ll.validate_tokens(tokens)
+
+    def forced_tokens(self) -> list[int]:
+        """The tokens the grammar forces next (nothing else is allowed), possibly none."""
+        return self._ll.compute_ff_tokens()
+
     def is_finished(self) -> bool:
         """True when the document is complete and nothing but EOS can follow."""
         return self._ll.is_stopped() and not self._ll.is_error()

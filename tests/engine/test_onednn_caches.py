@@ -3,7 +3,7 @@ user set in the environment wins."""
 
 import os
 
-from fleetlm.engine.engine import ONEDNN_CACHE_CAPACITY, bound_onednn_caches
+from fleetlm.engine.cpu_memory import ONEDNN_CACHE_CAPACITY, bound_onednn_caches
 
 VARS = ("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "LRU_CACHE_CAPACITY")
 
