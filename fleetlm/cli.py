@@ -23,12 +23,24 @@ def _engine_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--kv-cache-gb", type=float, help=f"KV-cache memory, GiB {default_of(EngineConfig, 'kv_cache_memory_gb')}")
     p.add_argument("--cache-dir", help="where the embedded model is unpacked "
                                        "(default $FLEETLM_CACHE_DIR or ~/.cache/fleetlm)")
+    p.add_argument("--speculative", choices=["ngram"], help="speculative decoding: ngram drafts from earlier "
+                                                            "text, verified losslessly (default off)")
+    p.add_argument("--num-draft-tokens", type=int,
+                   help=f"longest draft per step, 1-16 {default_of(EngineConfig, 'num_draft_tokens')}")
 
 
 def _engine_config(args, **more) -> EngineConfig:
+    """The engine's configuration from flags; a bad value exits with the message naming it."""
+    try:
+        return _given_engine(args, **more)
+    except ValueError as exc:
+        raise SystemExit(f"error: {exc}") from None
+
+
+def _given_engine(args, **more) -> EngineConfig:
     return given(EngineConfig, model=args.model, dtype=args.dtype, device=args.device,
                   max_model_len=args.max_model_len, cache_dir=args.cache_dir, kv_cache_memory_gb=args.kv_cache_gb,
-                  **more)
+                  speculative=args.speculative, num_draft_tokens=args.num_draft_tokens, **more)
 
 
 def cmd_generate(args) -> int:
@@ -63,7 +75,21 @@ def cmd_generate(args) -> int:
     n = len(out.outputs[0].token_ids) if out else 0
     print(f"\n[{n} tokens, finish_reason={out.outputs[0].finish_reason if out else None}, "
           f"ttft {first or 0:.3f}s, {n / total:.1f} tok/s, dtype {engine.loaded.dtype}]", file=sys.stderr)
+    if args.stats:
+        _print_stats(engine, n, first or 0.0, total)
     return 0
+
+
+def _print_stats(engine, n: int, ttft: float, total: float) -> None:
+    """TTFT, TPOT (mean time per token after the first) and, when on, draft acceptance."""
+    tpot = (total - ttft) / (n - 1) if n > 1 else 0.0
+    lines = [f"ttft_ms {ttft * 1000:.1f}", f"tpot_ms {tpot * 1000:.1f}", f"tokens {n}"]
+    prop = engine.scheduler.proposer
+    if prop is not None:
+        per_step = (prop.accepted + prop.verifications) / prop.verifications if prop.verifications else 0.0
+        lines += [f"draft_tokens {prop.drafted}", f"accepted_tokens {prop.accepted}",
+                  f"tokens_per_verification {per_step:.2f}"]
+    print("\n".join(lines), file=sys.stderr)
 
 
 def cmd_serve(args) -> int:
@@ -219,6 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--temperature", type=float, default=0.0)
     g.add_argument("--top-p", type=float, default=1.0)
     g.add_argument("--seed", type=int, default=None)
+    g.add_argument("--stats", action="store_true", help="print TTFT, TPOT and draft acceptance after the text")
     g.set_defaults(func=cmd_generate)
 
     s = sub.add_parser("serve", help="start the OpenAI-compatible server")

@@ -59,3 +59,15 @@ def test_serve_flags_left_out_keep_the_dataclass_defaults():
     args = build_parser().parse_args(["serve", "--kv-cache-gb", "2"])
     assert _engine_config(args) == EngineConfig(kv_cache_memory_gb=2.0)
     assert args.port is None and args.max_num_seqs is None  # defaults live on the dataclasses
+
+
+def test_generate_with_speculation_prints_stats_and_bad_options_exit_clearly(tiny_gemma):
+    run = fleet("generate", "--model", str(tiny_gemma), "--dtype", "float32", "--speculative", "ngram",
+                "--num-draft-tokens", "3", "--max-tokens", "24", "--stats", "--prompt", "abcabcabcabcabc")
+    assert run.returncode == 0, run.stderr
+    stats = dict(line.split(" ", 1) for line in run.stderr.splitlines() if line.startswith(("tpot_ms", "draft_")))
+    assert float(stats["tpot_ms"]) > 0 and int(stats["draft_tokens"]) >= 0
+    bad = fleet("generate", "--model", str(tiny_gemma), "--speculative", "ngram", "--num-draft-tokens", "0",
+                "--prompt", "x")
+    assert bad.returncode != 0 and "num_draft_tokens must be in [1, 16]" in bad.stderr
+    assert "Traceback" not in bad.stderr
