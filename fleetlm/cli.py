@@ -88,6 +88,8 @@ def cmd_serve(args) -> int:
         from fleetlm.fleet_toml import load_fleet_toml
 
         fleet_file = load_fleet_toml(args.config)
+    if fleet_file is not None and fleet_file.models and args.model is None:
+        engine = None  # the [[model]] tables are the local models; --model would add one more
     serve(engine, server, fleet_file)
     return 0
 
@@ -252,7 +254,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--config",
                    help="fleet.toml with [[upstream]] servers (upstream/<name>/<model>), "
                         "[[router]]s (router/<name>), [[pool]]s (one model id, routed by prompt length) "
-                        "[[tool_agent]]s and [[program]]s (compound/<name>), and [tenants] (API keys, "
+                        "[[tool_agent]]s and [[program]]s (compound/<name>), [[model]]s (more local base "
+                        "models, one engine each; without --model they are the only ones), [tenants] (API keys, "
                         "budgets, the usage ledger, the Batch API)")
     s.set_defaults(func=cmd_serve)
 
