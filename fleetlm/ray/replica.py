@@ -11,6 +11,7 @@ replicas that already hold it."""
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import AsyncIterator
 
 from ray import serve
@@ -36,6 +37,7 @@ class EngineReplica:
         self.llm = AsyncLLM(spec.engine)
         self.base = local_base(spec.id, self.llm, server=server, adapters_dir=spec.adapters_dir,
                                pricing=Pricing(spec.price_input_per_mtok, spec.price_output_per_mtok))
+        self.adapter_requests: Counter[str] = Counter()  # adapter -> requests Ray routed here
 
     def card(self) -> ModelCard:
         """The base model's `/v1/models` entry (the gateway asks once, at its start)."""
@@ -55,8 +57,15 @@ class EngineReplica:
             raise NotFoundError(f"The model {model!r} does not exist; see GET /v1/models")
         return target
 
+    def routed_adapters(self) -> tuple[str, dict[str, int]]:
+        """(this replica's id, requests per adapter it served): where multiplexing sent them."""
+        return serve.get_replica_context().replica_id.unique_id, dict(self.adapter_requests)
+
     async def _target(self, model: str):
-        return self.base.target if model == self.model_id else await self.adapter(model)
+        if model == self.model_id:
+            return self.base.target
+        self.adapter_requests[model] += 1
+        return await self.adapter(model)
 
     async def chat(self, req: ChatCompletionRequest, model: str) -> AsyncIterator:
         async for item in self._run("chat", req, model):

@@ -1,7 +1,8 @@
 """`fleet serve --ray`: start (or join) a Ray cluster, run the fleet's Serve application on it,
 and serve until SIGINT/SIGTERM.
 
-Contract: with no address, a local cluster is started on 127.0.0.1 and stopped on exit;
+Contract: with no address, a local cluster is started on 127.0.0.1 (with at least as many
+logical CPUs as the replicas ask for) and stopped on exit;
 with one ("auto", "ray://head:10001", "host:6379"), the cluster is joined and left running,
 only this application is deleted on exit. Ray's usage statistics are off unless the
 environment already says otherwise. Serve's HTTP proxy listens on the server config's host
@@ -10,6 +11,7 @@ and port."""
 from __future__ import annotations
 
 import logging
+import math
 import os
 import signal
 import threading
@@ -60,8 +62,14 @@ def serve_on_ray(engine_config: EngineConfig | None, server: ServerConfig, fleet
     import ray
     from ray import serve
 
+    from fleetlm.api.server import served_models
+    from fleetlm.ray.deploy import cpus_asked
+
     ray_config = ray_config_of(fleet_file)
-    started = connect(address or ray_config.address)
+    # a local cluster gets a logical CPU for every one asked for (they only place replicas;
+    # each engine's torch threads are its num_threads), so a laptop runs any [ray] table
+    asked = math.ceil(cpus_asked(served_models(engine_config, server, fleet_file), ray_config))
+    started = connect(address or ray_config.address, num_cpus=max(os.cpu_count() or 1, asked))
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())

@@ -27,10 +27,12 @@ def fleet_toml(llama, qwen, adapters) -> str:
 
 @pytest.fixture(scope="module")
 def two_models(tmp_path_factory):
-    """(llama folder, qwen2 folder, adapters folder with `expert`, fleet.toml path)."""
+    """(llama folder, qwen2 folder, adapters folder with `expert`, `expert2`, `expert3`, fleet.toml path)."""
     root = tmp_path_factory.mktemp("two-models")
     llama, qwen = make_tiny_model("llama", root / "llama"), make_tiny_model("qwen2", root / "qwen")
     make_adapter(llama, root / "adapters" / "expert", seed=5, rank=4)
+    for k in (2, 3):  # for the Ray tests: adapters no other request has touched
+        make_adapter(llama, root / "adapters" / f"expert{k}", seed=4 + k, rank=4)
     path = root / "fleet.toml"
     path.write_text(fleet_toml(llama, qwen, root / "adapters"))
     return llama, qwen, root / "adapters", path
