@@ -64,19 +64,25 @@ def build_app(engine_config: EngineConfig | None, server_config: ServerConfig, f
         with stage(f"engine: loading {spec.engine.model} as {spec.id}{_first_start_note(spec.engine)}"):
             llms.append(AsyncLLM(spec.engine))
     embedder = load_embedder(server_config)
-
-    def prepare_grammar():  # a few seconds for a 262k vocabulary: off the request path
-        with stage("grammar: building the tokenizer tables for structured outputs (in the background)"):
-            for llm in llms:
-                llm.engine.grammar().prepare()
-
-    threading.Thread(target=prepare_grammar, name="fleetlm-grammar-prep", daemon=True).start()
+    prepare_grammar_in_background(llms)
     with stage("fleet: adapters, upstreams, programs, routers"):
         bases = [local_base(spec.id, llm, server=server_config, adapters_dir=spec.adapters_dir,
                             pricing=Pricing(spec.price_input_per_mtok, spec.price_output_per_mtok))
                  for spec, llm in zip(specs, llms)]
         app = app_for_bases(bases, config=server_config, fleet_file=fleet_file, embedder=embedder)
     return app
+
+
+def prepare_grammar_in_background(llms: list) -> None:
+    """Build each engine's tokenizer table for structured outputs on a background thread (a
+    few seconds for a 262k vocabulary), so the first such request does not pay for it."""
+
+    def prepare():
+        with stage("grammar: building the tokenizer tables for structured outputs (in the background)"):
+            for llm in llms:
+                llm.engine.grammar().prepare()
+
+    threading.Thread(target=prepare, name="fleetlm-grammar-prep", daemon=True).start()
 
 
 def load_embedder(server_config: ServerConfig):

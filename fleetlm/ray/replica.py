@@ -31,6 +31,7 @@ MAX_ADAPTERS_TRACKED = 64
 
 class EngineReplica:
     def __init__(self, spec: ModelConfig, server: ServerConfig):
+        from fleetlm.api.server import prepare_grammar_in_background
         from fleetlm.engine.async_engine import AsyncLLM
 
         self.model_id = spec.id
@@ -38,6 +39,7 @@ class EngineReplica:
         self.base = local_base(spec.id, self.llm, server=server, adapters_dir=spec.adapters_dir,
                                pricing=Pricing(spec.price_input_per_mtok, spec.price_output_per_mtok))
         self.adapter_requests: Counter[str] = Counter()  # adapter -> requests Ray routed here
+        prepare_grammar_in_background([self.llm])  # as `fleet serve` does
 
     def card(self) -> ModelCard:
         """The base model's `/v1/models` entry (the gateway asks once, at its start)."""
