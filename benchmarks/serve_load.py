@@ -142,6 +142,11 @@ def row(r: LoadResult) -> str:
             f"{1000 * pct(r.tpot, 0.99):>9.1f} {r.failed:>7}")
 
 
+HEADER = (f"{'server':<28} {'req/s':>7} {'out tok/s':>10} {'TTFT p50':>9} {'TTFT p99':>9} "
+          f"{'TPOT p50':>9} {'TPOT p99':>9} {'failed':>7}\n{'':<28} {'':>7} {'':>10} {'s':>9} {'s':>9} "
+          f"{'ms':>9} {'ms':>9}")  # the columns of `row`
+
+
 def run_server(cmd: list[str], url: str, name: str, texts, args, model: str) -> LoadResult | None:
     log = open(RESULTS / f"serve_load_{name.split()[0]}.log", "w")
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -186,10 +191,7 @@ def main() -> int:
                                 "--model_alias", "gemma-3-270m", "--interrupt_requests", "False"], url2, "llama_cpp.server (GGUF)", texts,
                                args, "gemma-3-270m")
             results.append(llama)
-    header = (f"{'server':<28} {'req/s':>7} {'out tok/s':>10} {'TTFT p50':>9} {'TTFT p99':>9} "
-              f"{'TPOT p50':>9} {'TPOT p99':>9} {'failed':>7}\n{'':<28} {'':>7} {'':>10} {'s':>9} {'s':>9} "
-              f"{'ms':>9} {'ms':>9}")
-    lines = [header] + [row(r) for r in results]
+    lines = [HEADER] + [row(r) for r in results]
     for r in results:
         for e in r.errors[:3]:
             lines.append(f"  {r.name} error: {e}")

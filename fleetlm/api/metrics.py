@@ -69,12 +69,22 @@ class Metrics:
         self.program_tokens = Counter("fleetlm_program_call_tokens", "Tokens of compound programs' sub-calls",
                                       ["program", "model", "kind"], registry=r)
 
-    def bind_engine(self, llm) -> None:
-        """Gauges read the engine's stats when scraped."""
-        self.waiting.set_function(lambda: llm.stats().waiting)
-        self.running.set_function(lambda: llm.stats().running)
-        self.kv_usage.set_function(lambda: llm.stats().kv_usage)
-        self.prefix_hit.set_function(lambda: llm.stats().prefix_hit_ratio)
+    def bind_engines(self, llms: list) -> None:
+        """Gauges read the local engines' stats when scraped: sequences summed over the
+        engines, the KV-cache and prefix-hit ratios averaged (none: the gauges stay 0)."""
+        if not llms:
+            return
+
+        def total(field):
+            return lambda: sum(getattr(llm.stats(), field) for llm in llms)
+
+        def mean(field):
+            return lambda: sum(getattr(llm.stats(), field) for llm in llms) / len(llms)
+
+        self.waiting.set_function(total("waiting"))
+        self.running.set_function(total("running"))
+        self.kv_usage.set_function(mean("kv_usage"))
+        self.prefix_hit.set_function(mean("prefix_hit_ratio"))
 
     def record(self, rec: RequestRecord) -> None:
         """Count one request (see the module docstring)."""

@@ -67,12 +67,14 @@ def start_gemma_server(**engine_kw):
 
 def fleet_serve(model_folder, port: int, *args: str, **popen_kw):
     """`fleet serve` in a subprocess on 127.0.0.1:`port` over a tiny model (fp32, no
-    embeddings), with more command-line `args`."""
+    embeddings; `model_folder` None: the models of a `--config` in `args`), with more
+    command-line `args`."""
     import subprocess
     import sys
 
-    return subprocess.Popen([sys.executable, "-m", "fleetlm.cli", "serve", "--model", str(model_folder), "--port",
-                             str(port), "--dtype", "float32", "--no-embeddings", *args],
+    model = ["--model", str(model_folder), "--dtype", "float32"] if model_folder is not None else []
+    return subprocess.Popen([sys.executable, "-m", "fleetlm.cli", "serve", *model, "--port",
+                             str(port), "--no-embeddings", *args],
                             **({"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL} | popen_kw))
 
 
