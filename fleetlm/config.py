@@ -96,6 +96,10 @@ class EngineConfig(FromDict):
     enable_lora: bool = False
     max_loras: int = 8  # adapters resident at once (slots); others load from disk on demand, LRU
     max_lora_rank: int = 64  # larger adapters are refused with a clear error
+    # Weight-only quantized linears (docs/quantization.md): None, "int8" (per output channel)
+    # or "int4" (groups of quantization_group_size inputs); the embedding keeps `dtype`.
+    quantization: str | None = None
+    quantization_group_size: int = 64  # int4 only: 32, 64, 128 or 256
 
     def __post_init__(self):
         positive = ["block_size", "max_num_seqs", "max_num_batched_tokens"]
@@ -113,6 +117,11 @@ class EngineConfig(FromDict):
             raise ValueError("EngineConfig.kv_cache_memory_gb must be > 0")
         if self.max_loras < 1 or self.max_lora_rank < 1:
             raise ValueError("EngineConfig.max_loras and max_lora_rank must be >= 1")
+        if self.quantization not in (None, "int8", "int4"):
+            raise ValueError(f"EngineConfig.quantization must be None, 'int8' or 'int4', got {self.quantization!r}")
+        if self.quantization_group_size not in (32, 64, 128, 256):
+            raise ValueError(f"EngineConfig.quantization_group_size must be 32, 64, 128 or 256, "
+                             f"got {self.quantization_group_size!r}")
 
 
 @dataclass(kw_only=True)
