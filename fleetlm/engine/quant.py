@@ -37,10 +37,24 @@ DEFAULT_GROUP_SIZE = 64
 # (measured, bf16, 2 cores: see docs/quantization.md). Decode batches stay on the kernel.
 INT8_KERNEL_MAX_ROWS = 32
 SLICE_ELEMENTS = 1 << 23  # weight elements dequantized at once on the dense path (16 MiB bf16)
+ROW_CHUNK = 8192  # weight rows quantized at once
 
 
 # ---- quantization (pure functions) --------------------------------------------------------
 
+def _by_rows(quantize):
+    """Quantize ROW_CHUNK rows at a time: the fp32 temporaries of a 262k-row LM head would
+    otherwise take ~2 GB at load."""
+
+    @functools.wraps(quantize)
+    def wrapper(w: torch.Tensor, *args):
+        parts = [quantize(w[i : i + ROW_CHUNK], *args) for i in range(0, w.shape[0], ROW_CHUNK)]
+        return tuple(torch.cat(p) for p in zip(*parts))
+
+    return wrapper
+
+
+@_by_rows
 def quantize_int8(w: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
     """w (N, K) -> (codes (N, K) int8, scales (N,) in `dtype`); w ~= codes * scales[:, None].
 
@@ -58,6 +72,7 @@ def dequantize_int8(codes: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
     return codes.float() * scales.float()[:, None]
 
 
+@_by_rows
 def quantize_int4(w: torch.Tensor, group_size: int,
                   dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """w (N, K) -> (codes (N, K) uint8 in 0..15, scales (N, K/G), zeros (N, K/G) in `dtype`);
