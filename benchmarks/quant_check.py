@@ -3,6 +3,7 @@ unquantized model, bf16 / fp32 / int8 / int4 engines side by side in one process
 
     python benchmarks/quant_check.py                    # speed (median of 3) + accuracy
     python benchmarks/quant_check.py --group-sizes 32,64,128 --repeats 5
+    python benchmarks/quant_check.py --threads 1     # on a busy machine: CPU ms/token is steadier
 
 Speed: one request at a time, a 20-token prompt, 128 new tokens, greedy, EOS ignored; the
 engines take turns (round-robin over the repeats) so that load from other processes on the
@@ -21,6 +22,7 @@ The table is also written to benchmarks/results/quant_check.txt.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import time
@@ -78,16 +80,18 @@ def weight_mib(model: torch.nn.Module) -> float:
     return total / 2**20
 
 
-def speed(llm, prompt_ids: list[int], max_tokens: int) -> tuple[float, float]:
-    """(decode ms/token, end-to-end tok/s) of one request alone."""
+def speed(llm, prompt_ids: list[int], max_tokens: int) -> tuple[float, float, float]:
+    """(decode ms/token, end-to-end tok/s, CPU ms/token) of one request alone. CPU time is
+    this process's, prefill included: on a machine shared with other work it counts only
+    the time the engine ran (with one thread; torch's workers spin-wait, adding to it)."""
     from fleetlm import SamplingParams
 
     params = SamplingParams(max_tokens=max_tokens, temperature=0, ignore_eos=True)
-    t0 = time.monotonic()
+    t0, c0 = time.monotonic(), time.process_time()
     out = llm.generate(prompt_token_ids=[prompt_ids], sampling_params=params)[0]
-    wall = time.monotonic() - t0
+    wall, cpu = time.monotonic() - t0, time.process_time() - c0
     m, n = out.metrics, len(out.outputs[0].token_ids)
-    return (m.finished_time - m.first_token_time) / (n - 1) * 1e3, n / wall
+    return (m.finished_time - m.first_token_time) / (n - 1) * 1e3, n / wall, cpu / n * 1e3
 
 
 def continuations(llm, prompts: list[str], max_tokens: int) -> tuple[list[list[int]], torch.Tensor]:
@@ -129,7 +133,7 @@ def main() -> int:
     assert len(speed_ids) == 20
     for llm in engines.values():  # warm-up: oneDNN primitives, allocator
         speed(llm, speed_ids, 8)
-    timings: dict[str, list[tuple[float, float]]] = {name: [] for name in engines}
+    timings: dict[str, list[tuple[float, float, float]]] = {name: [] for name in engines}
     for i in range(args.repeats):
         for name, llm in engines.items():
             timings[name].append(speed(llm, speed_ids, args.max_tokens))
@@ -138,13 +142,16 @@ def main() -> int:
     outputs = {name: continuations(llm, PROMPTS, args.max_tokens) for name, llm in engines.items()}
 
     lines = [f"gemma-3-270m, single stream: 20-token prompt, {args.max_tokens} new tokens, greedy; "
-             f"median of {args.repeats}; torch {torch.__version__}, {torch.get_num_threads()} threads",
-             f"{'engine':<10} {'weights MiB':>11} {'decode ms/tok':>13} {'tok/s':>7} {'speed-up':>8}  "
+             f"median of {args.repeats}; torch {torch.__version__}, {torch.get_num_threads()} threads, "
+             f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs at the end",
+             f"{'engine':<10} {'weights MiB':>11} {'decode ms/tok':>13} {'tok/s':>7} {'speed-up':>8} "
+             f"{'CPU ms/tok':>10}  "
              f"{'vs':<5} {'logits max|diff|':>16} {'same tokens':>11} {'same prefix':>11}"]
     base_ms = statistics.median(t[0] for t in timings["bf16"])
     for name, _, quant, _ in configs:
         ms = statistics.median(t[0] for t in timings[name])
         tps = statistics.median(t[1] for t in timings[name])
+        cpu_ms = statistics.median(t[2] for t in timings[name])
         ref = "fp32" if name == "bf16" else ("bf16" if quant else None)
         acc = ""
         if ref:
@@ -152,7 +159,7 @@ def main() -> int:
             same, prefix = agreement(toks, ref_toks)
             acc = f"{ref:<5} {(logits - ref_logits).abs().max().item():>16.3f} {same:>10.0%} {prefix:>11.0f}"
         mib = weight_mib(engines[name].engine.loaded.model)
-        lines.append(f"{name:<10} {mib:>11.0f} {ms:>13.2f} {tps:>7.1f} {base_ms / ms:>7.2f}x  {acc}")
+        lines.append(f"{name:<10} {mib:>11.0f} {ms:>13.2f} {tps:>7.1f} {base_ms / ms:>7.2f}x {cpu_ms:>10.2f}  {acc}")
     lines.append("logit scale: max |logit| over the prompts' first tokens (bf16) = "
                  f"{outputs['bf16'][1].abs().max().item():.1f}")
     text = "\n".join(lines)
