@@ -19,6 +19,10 @@ def _engine_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help=f"embedded model id or a local HF folder {default_of(EngineConfig, 'model')}")
     p.add_argument("--dtype", help="auto | bfloat16 | float32 (auto: bf16 where fast)")
     p.add_argument("--device", help="auto | cpu | cuda")
+    p.add_argument("--quantization", choices=["int8", "int4"],
+                   help="weight-only quantized linears and LM head (docs/quantization.md; default: none)")
+    p.add_argument("--quantization-group-size", type=int, choices=[32, 64, 128, 256],
+                   help=f"int4 group size {default_of(EngineConfig, 'quantization_group_size')}")
     p.add_argument("--max-model-len", type=int)
     p.add_argument("--kv-cache-gb", type=float, help=f"KV-cache memory, GiB {default_of(EngineConfig, 'kv_cache_memory_gb')}")
     p.add_argument("--cache-dir", help="where the embedded model is unpacked "
@@ -39,6 +43,7 @@ def _engine_config(args, **more) -> EngineConfig:
 
 def _given_engine(args, **more) -> EngineConfig:
     return given(EngineConfig, model=args.model, dtype=args.dtype, device=args.device,
+                  quantization=args.quantization, quantization_group_size=args.quantization_group_size,
                   max_model_len=args.max_model_len, cache_dir=args.cache_dir, kv_cache_memory_gb=args.kv_cache_gb,
                   speculative=args.speculative, num_draft_tokens=args.num_draft_tokens, **more)
 

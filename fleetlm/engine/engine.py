@@ -60,7 +60,8 @@ class LLMEngine:
             torch.set_num_threads(config.num_threads)
         path = resolve_model_path(config.model, cache_dir=config.cache_dir)
         self.loaded = load_model(path, dtype=config.dtype, device=config.device,
-                                 max_model_len=config.max_model_len)
+                                 max_model_len=config.max_model_len, quantization=config.quantization,
+                                 quantization_group_size=config.quantization_group_size)
         self.tokenizer = self.loaded.tokenizer
         self._fast_tok = getattr(self.tokenizer, "backend_tokenizer", None) or self.tokenizer._tokenizer
         self.max_model_len = self.loaded.max_model_len

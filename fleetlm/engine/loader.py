@@ -15,6 +15,7 @@ import torch
 from safetensors import safe_open
 
 from fleetlm.engine.architectures import ARCHITECTURES
+from fleetlm.engine.quant import DEFAULT_GROUP_SIZE
 
 
 def cpu_has_fast_bf16() -> bool:
@@ -72,7 +73,9 @@ def _eos_ids(path: Path, config, tokenizer) -> list[int]:
 
 
 def load_model(path: str | Path, *, dtype: str = "auto", device: str = "auto",
-               max_model_len: int | None = None) -> LoadedModel:
+               max_model_len: int | None = None, quantization: str | None = None,
+               quantization_group_size: int = DEFAULT_GROUP_SIZE) -> LoadedModel:
+    """quantization: None, "int8" or "int4" weight-only linears (engine/quant.py)."""
     from transformers import AutoConfig, AutoTokenizer
 
     path = Path(path)
@@ -96,7 +99,7 @@ def load_model(path: str | Path, *, dtype: str = "auto", device: str = "auto",
     model.rebuild_buffers(max_len)
     _load_weights(model, path)
     model.to(device=dev, dtype=torch_dtype).eval()
-    model.finalize()
+    model.finalize(quantization=quantization, group_size=quantization_group_size)
     tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
     return LoadedModel(model, config, tokenizer, torch_dtype, dev, max_len, _eos_ids(path, config, tokenizer))
 

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fleetlm.engine.attention import AttentionMetadata, paged_attention
+from fleetlm.engine.quant import DEFAULT_GROUP_SIZE, quantize_model
 from fleetlm.models.packed import can_pack_linear, pack_linears
 
 KVCache = tuple[torch.Tensor, torch.Tensor]
@@ -202,13 +203,16 @@ class CausalLM(nn.Module):
             h = layer(h, cos_sin[layer.self_attn.layer_type], cache, meta)
         return self.model.norm(h)
 
-    def finalize(self) -> None:
+    def finalize(self, *, quantization: str | None = None, group_size: int = DEFAULT_GROUP_SIZE) -> None:
         """Call once after loading weights and moving to the final dtype/device: fuses
-        projections and precomputes norm scales (inference only; the module is not
-        trainable afterwards)."""
+        projections, precomputes norm scales, quantizes the linears when `quantization` is
+        "int8" or "int4" (see engine/quant.py) and packs the rest for oneDNN (inference only;
+        the module is not trainable afterwards)."""
         for m in list(self.modules()):
             if m is not self and hasattr(m, "finalize"):
                 m.finalize()
+        if quantization is not None:  # after fusion (one scale set per fused GEMM), before packing
+            quantize_model(self, quantization, group_size=group_size)
         p = self.model.embed_tokens.weight
         if can_pack_linear(p.dtype, p.device):
             pack_linears(self)  # the tied LM head gets its own packed copy; embeddings stay

@@ -1,73 +1,23 @@
 """One validated dataclass per component (`fleetlm.fleet_toml` reads them from a file).
 Unknown keys are errors, never ignored; every dataclass is built by the one `from_dict`.
 
-This module imports nothing else of fleetlm: every layer may read its configuration."""
+This package imports nothing else of fleetlm: every layer may read its configuration. The
+dataclasses are here; `base.py` has the machinery they share (re-exported here)."""
 
 from __future__ import annotations
 
-import dataclasses
-import os
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
 
-DATA_DIR_ENV = "FLEETLM_DATA_DIR"
-
-
-def shared_data(*parts: str) -> Path:
-    """The public benchmark data (routing outcomes, function-calling sets, traces), `parts`
-    joined below its root: $FLEETLM_DATA_DIR when set, else `shared/data` beside the
-    checkout (the folder that holds this repository). Read from there, never copied in."""
-    root = os.environ.get(DATA_DIR_ENV)
-    base = Path(root) if root else Path(__file__).resolve().parent.parent.parent / "shared" / "data"
-    return base.joinpath(*parts)
-
-
-def given(cls, **flags):
-    """A config dataclass from command-line flags: a flag left at None keeps the dataclass's
-    default, so every default lives on the dataclass (CLI flags default to None)."""
-    return cls(**{k: v for k, v in flags.items() if v is not None})
-
-
-def default_of(cls, name: str) -> str:
-    """`(default X)` for a help text, read from the dataclass field `name`."""
-    f = next(f for f in dataclasses.fields(cls) if f.name == name)
-    value = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-    return f"(default {value})"
-
-
-class FromDict:
-    """Mixin for config dataclasses: `Cls.from_dict(values)`."""
-
-    @classmethod
-    def from_dict(cls, values: dict, *, label: str | None = None):
-        return from_dict(cls, values, label=label)
-
-
-class ConfigKeyError(ValueError):
-    """Unknown or missing keys; `keys` names them (unknown ones first)."""
-
-    def __init__(self, message: str, keys: list[str]):
-        super().__init__(message)
-        self.keys = keys
-
-
-def from_dict(cls, values: dict, *, label: str | None = None):
-    """`cls(**values)` for a config dataclass, with clear errors: unknown keys (a typo must
-    never be silently ignored) and missing required ones are named. `label` names the table
-    in messages (default: the class name)."""
-    label = label or cls.__name__
-    fields = dataclasses.fields(cls)
-    known = {f.name for f in fields}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise ConfigKeyError(f"Unknown {label} key(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}",
-                             unknown)
-    missing = sorted(f.name for f in fields if f.name not in values and f.default is dataclasses.MISSING
-                     and f.default_factory is dataclasses.MISSING)
-    if missing:
-        raise ConfigKeyError(f"{label}: missing keys {missing}", missing)
-    return cls(**values)
+from fleetlm.config.base import (  # noqa: F401 - re-exported: callers import them from fleetlm.config
+    DATA_DIR_ENV,
+    ConfigKeyError,
+    FromDict,
+    default_of,
+    from_dict,
+    given,
+    shared_data,
+)
 
 
 @dataclass(kw_only=True)
@@ -101,6 +51,10 @@ class EngineConfig(FromDict):
     speculative: str | None = None
     num_draft_tokens: int = 4  # longest draft per step (adapted per sequence)
     speculative_max_batch: int = 4
+    # Weight-only quantized linears (docs/quantization.md): None, "int8" (per output channel)
+    # or "int4" (groups of quantization_group_size inputs); the embedding keeps `dtype`.
+    quantization: str | None = None
+    quantization_group_size: int = 64  # int4 only: 32, 64, 128 or 256
 
     def __post_init__(self):
         positive = ["block_size", "max_num_seqs", "max_num_batched_tokens"]
@@ -123,6 +77,11 @@ class EngineConfig(FromDict):
         if not 1 <= self.num_draft_tokens <= 16 or self.speculative_max_batch < 1:
             raise ValueError(f"EngineConfig.num_draft_tokens must be in [1, 16] and speculative_max_batch >= 1, "
                              f"got {self.num_draft_tokens} and {self.speculative_max_batch}")
+        if self.quantization not in (None, "int8", "int4"):
+            raise ValueError(f"EngineConfig.quantization must be None, 'int8' or 'int4', got {self.quantization!r}")
+        if self.quantization_group_size not in (32, 64, 128, 256):
+            raise ValueError(f"EngineConfig.quantization_group_size must be 32, 64, 128 or 256, "
+                             f"got {self.quantization_group_size!r}")
 
 
 @dataclass(kw_only=True)
