@@ -19,9 +19,9 @@ convention of `transformers`). Softmax is online (flash-attention style) in fp32
 p . v use `tl.dot` at IEEE precision, so fp32 caches are not rounded to tf32.
 
 Works on fp32, bf16 and fp16, head_dim up to 256, any GQA group. Whether kernels run compiled
-or in Triton's interpreter (numpy on the CPU, for tests without a GPU) is fixed when this
-module is imported, by TRITON_INTERPRET=1 in the environment at that moment: `INTERPRETED`
-records which.
+or in Triton's interpreter (numpy on the CPU, for tests without a GPU) is fixed per process:
+TRITON_INTERPRET=1 must be set when triton is first imported (its own library is decorated
+then, and the two modes do not mix). `INTERPRETED` records which mode this module got.
 """
 
 from __future__ import annotations
