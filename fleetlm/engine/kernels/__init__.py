@@ -116,6 +116,7 @@ def attention_kernels(backend: str, device: torch.device, dtype: torch.dtype, bu
             why = "triton is not installed (pip install 'fleetlm[gpu]')" if module is None else \
                 f"the Triton kernels need a CUDA device, not {device.type} (or TRITON_INTERPRET=1)"
             raise RuntimeError(f"attention_backend='triton' but {why}")
+        log.warning("triton does not import: attention on %s uses PyTorch SDPA over gathered blocks", device)
         return None, None
     if device.type != "cpu" or dtype not in (torch.float32, torch.bfloat16):
         return None, None
@@ -135,6 +136,8 @@ def _triton_runs(module, device: torch.device, dtype: torch.dtype) -> bool:
         table = torch.zeros(1, 2, dtype=torch.long, device=device)
         module.paged_decode_attention(q, cache, cache, table, torch.ones(1, dtype=torch.long, device=device), 0, 1.0)
         module.paged_chunk_attention(q[0].transpose(0, 1), cache, cache, table[0], 0, 0, 1.0)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)  # a fault in the kernels shows here, not in a later step
         return True
     except Exception as exc:  # noqa: BLE001 - any failure here means "use SDPA"
         log.warning("Triton paged attention does not run here (%s); using PyTorch SDPA", exc)
