@@ -8,6 +8,8 @@ tokens each, greedy, EOS ignored. All requests arrive at t=0.
     python benchmarks/engine_throughput.py --prefix   # TTFT with a 1,000-token shared prefix, cache on/off
     python benchmarks/engine_throughput.py --model DIR --random-weights   # DIR's architecture, random
                                                       # weights (a machine without the weights, e.g. a GPU box)
+    python benchmarks/engine_throughput.py --device cuda --profile   # where a batch-64 decode step's
+                                                      # time goes (torch.profiler; step_profile.py)
 
 On a CUDA machine both fleetlm and transformers run on the GPU (llama.cpp is skipped there).
 
@@ -106,13 +108,10 @@ def run_fleetlm(folder: Path, prompts, max_tokens: int, dtype: str, **engine_kw)
 
 
 # ---- (b) transformers generate, static batches ------------------------------------------
-def run_hf(folder: Path, prompts, max_tokens: int, dtype: torch.dtype, batch_size: int) -> Result:
+def run_hf(folder: Path, prompts, max_tokens: int, dtype: torch.dtype, batch_size: int, device: str) -> Result:
     from transformers import AutoModelForCausalLM
     from transformers.generation.streamers import BaseStreamer
 
-    from fleetlm.engine.loader import resolve_device
-
-    device = resolve_device("auto")
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).eval().to(device)
 
     class FirstToken(BaseStreamer):
@@ -301,6 +300,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="16 requests, one HF batch size, no llama.cpp")
     ap.add_argument("--prefix", action="store_true", help="run the shared-prefix TTFT benchmark instead")
+    ap.add_argument("--profile", action="store_true", help="profile a decode step of --requests (64) instead")
+    ap.add_argument("--device", default="auto", help="auto (cuda when available), cpu or cuda")
     ap.add_argument("--requests", type=int, default=None)
     ap.add_argument("--max-tokens", type=int, default=128)
     ap.add_argument("--dtype", default="auto")
@@ -321,7 +322,7 @@ def main() -> int:
 
     folder = Path(args.model) if args.model else ensure_default_model()
     config = AutoConfig.from_pretrained(folder)
-    device = resolve_device("auto")
+    device = resolve_device(args.device)
     torch_dtype = resolve_dtype(args.dtype, device)
     dtype_name = str(torch_dtype).removeprefix("torch.")
     bos = config.bos_token_id
@@ -340,17 +341,25 @@ def main() -> int:
 
     n = args.requests or (16 if args.quick else 64)
     prompts = workload(n, config.vocab_size, bos)
+    if args.profile:
+        from step_profile import profile_llm
+
+        text = profile_llm(folder, prompts, dtype_name, device.type, max_num_seqs=max(64, n),
+                           max_num_batched_tokens=args.budget)
+        print(text)
+        (RESULTS / f"engine_step_profile_{device.type}.txt").write_text(f"{machine}\n{text}\n")
+        return 0
     shape = (f"workload: {n} requests, prompt tokens {min(map(len, prompts))}-{max(map(len, prompts))} "
              f"(total {sum(map(len, prompts))}), {args.max_tokens} output tokens each, greedy, ignore EOS")
     print(shape)
-    results = [isolated(run_fleetlm, folder, prompts, args.max_tokens, dtype_name,
+    results = [isolated(run_fleetlm, folder, prompts, args.max_tokens, dtype_name, device=device.type,
                         max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.budget)]
     print(table(results[-1:]).splitlines()[-1], flush=True)
     hf_best = None
     if not args.skip_hf:
         sizes = args.hf_batch_sizes or ("16" if args.quick else "8,16,32,64")
         for bsz in [int(s) for s in sizes.split(",")]:
-            r = isolated(run_hf, folder, prompts, args.max_tokens, torch_dtype, bsz)
+            r = isolated(run_hf, folder, prompts, args.max_tokens, torch_dtype, bsz, device.type)
             results.append(r)
             print(table([r]).splitlines()[-1], flush=True)
             hf_best = r if hf_best is None or r.tok_s > hf_best.tok_s else hf_best

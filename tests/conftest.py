@@ -4,10 +4,20 @@ test runs on CPU in seconds and is checked against `transformers` on the same we
 
 from __future__ import annotations
 
+import os
+import sys
+
 import pytest
 import torch
 
 from tests.tiny_models import FAMILIES, make_tiny_model
+
+# Triton runs its kernels in its interpreter (numpy, on the CPU) or compiled, and the choice is
+# made for the whole process when triton is first imported (its own library functions are
+# decorated then). Without a GPU the Triton kernels' tests need the interpreter, so it is set
+# here, before any test module imports triton; with a GPU they run compiled.
+if not torch.cuda.is_available() and "triton" not in sys.modules:
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 @pytest.fixture(scope="session", params=sorted(FAMILIES))

@@ -35,8 +35,10 @@ class EngineConfig(FromDict):
     seed: int = 0  # RNG seed for requests without their own seed
     cache_dir: str | None = None  # where the embedded model is unpacked; default ~/.cache/fleetlm
     num_threads: int | None = None  # torch intra-op threads on CPU; None keeps torch's default
-    # Decode attention: "auto" uses the native CPU kernel on CPU when it builds (compiled once,
-    # cached), else PyTorch SDPA over gathered blocks; "torch" forces the latter.
+    # Attention: "auto" uses the native CPU decode kernel on CPU when it builds (compiled once,
+    # cached) and the Triton paged kernels (decode and prompt chunks) on CUDA when triton
+    # imports, else PyTorch SDPA over gathered blocks; "torch" forces SDPA, "cpu_kernel" and
+    # "triton" force their kernel or fail (triton on a CPU only under TRITON_INTERPRET=1, for tests).
     attention_backend: str = "auto"
     # Linux/glibc, CPU: keep large freed buffers in the heap instead of returning them to the
     # OS, so each step's 30+ MB logits buffer is not page-faulted in again (a process-wide
@@ -65,8 +67,8 @@ class EngineConfig(FromDict):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"EngineConfig.{name} must be >= 1 or None, got {value}")
-        if self.attention_backend not in ("auto", "torch", "cpu_kernel"):
-            raise ValueError(f"EngineConfig.attention_backend must be auto, torch or cpu_kernel, "
+        if self.attention_backend not in ("auto", "torch", "cpu_kernel", "triton"):
+            raise ValueError(f"EngineConfig.attention_backend must be auto, torch, cpu_kernel or triton, "
                              f"got {self.attention_backend!r}")
         if self.kv_cache_memory_gb <= 0:
             raise ValueError("EngineConfig.kv_cache_memory_gb must be > 0")

@@ -8,6 +8,8 @@ whole context (cached + new) read back through the block table.
 Rows come in two kinds, told apart by their query length only (no phases): rows with one
 new token are batched into a single SDPA call; rows with several new tokens (a prompt
 chunk) get one call each, and there are few of them per step because of the token budget.
+A kernel that reads the paged cache in place (native CPU, Triton on CUDA: see
+`kernels/`) replaces either call when the runner sets one; masks are then not built.
 """
 
 from __future__ import annotations
@@ -28,6 +30,11 @@ class ChunkRow:
     num_computed: int  # tokens already in the cache before this step
     block_table: torch.Tensor  # (num_blocks,) int64, covers num_computed + (end - start)
     masks: dict[str, torch.Tensor | None] = field(default_factory=dict)  # layer type -> (q, L) bool
+    # With a kernel, keys are read in place and `masks` stays empty: kernel(q (n, Hq, D), k_cache,
+    # v_cache, block_table, num_computed, window (0: none), scale, out=(n, Hq, D)), windows:
+    # layer type -> sliding window or None
+    kernel: Callable | None = None
+    windows: dict[str, int | None] = field(default_factory=dict)
 
 
 @dataclass
@@ -80,6 +87,10 @@ def paged_attention(
     out = torch.empty_like(q)
 
     for row in meta.chunks:
+        if row.kernel is not None:
+            row.kernel(q[row.start : row.end], k_cache, v_cache, row.block_table, row.num_computed,
+                       row.windows[layer_type] or 0, scale, out=out[row.start : row.end])
+            continue
         n = row.end - row.start
         if row.num_computed == 0:
             kk, vv = k[row.start : row.end], v[row.start : row.end]

@@ -81,9 +81,10 @@ class LLMEngine:
                                    max_num_batched_tokens=config.max_num_batched_tokens,
                                    lora_pool=self.lora_pool, proposer=self._proposer(),
                                    max_model_len=self.max_model_len)
+        decode_kernel, chunk_kernel = self._attention_kernels()
         self.runner = ModelRunner(self.loaded.model, num_blocks=num_blocks, block_size=bs,
-                                  dtype=self.loaded.dtype, device=self.loaded.device,
-                                  decode_kernel=self._decode_kernel(), lora_pool=self.lora_pool)
+                                  dtype=self.loaded.dtype, device=self.loaded.device, decode_kernel=decode_kernel,
+                                  chunk_kernel=chunk_kernel, lora_pool=self.lora_pool)
         self.gen = torch.Generator(device=self.loaded.device).manual_seed(config.seed)
         if config.tune_malloc and self.loaded.device.type == "cpu":
             # only now: the load-time temporaries (fp32 weights) went back to the OS
@@ -116,20 +117,14 @@ class LLMEngine:
             pool.kernel = load_lora_bgmv(root / "kernels")
         return pool
 
-    def _decode_kernel(self):
-        cfg = self.config
-        if cfg.attention_backend == "torch" or self.loaded.device.type != "cpu":
-            return None
-        if self.loaded.dtype not in (torch.float32, torch.bfloat16):
-            return None
-        from fleetlm.engine.kernels import load_paged_decode
+    def _attention_kernels(self) -> tuple:
+        """(decode, chunk) paged-attention kernels for this backend and device; None: SDPA."""
+        from fleetlm.engine.kernels import attention_kernels
         from fleetlm.models.embedded import default_cache_dir
 
+        cfg = self.config
         root = (Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir()) / "kernels"
-        kernel = load_paged_decode(root)
-        if kernel is None and cfg.attention_backend == "cpu_kernel":
-            raise RuntimeError("attention_backend='cpu_kernel' but the kernel could not be built")
-        return kernel
+        return attention_kernels(cfg.attention_backend, self.loaded.device, self.loaded.dtype, root)
 
     # ---- requests --------------------------------------------------------------------
     def make_request(self, prompt: str | list[int], params: SamplingParams | None = None, *,

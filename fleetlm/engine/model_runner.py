@@ -37,10 +37,12 @@ def kv_bytes_per_block(model: torch.nn.Module, block_size: int, dtype: torch.dty
 
 class ModelRunner:
     def __init__(self, model: torch.nn.Module, *, num_blocks: int, block_size: int,
-                 dtype: torch.dtype, device: torch.device, decode_kernel=None, lora_pool=None):
+                 dtype: torch.dtype, device: torch.device, decode_kernel=None, chunk_kernel=None,
+                 lora_pool=None):
         self.model = model
         self.lora_pool = lora_pool  # lora.LoRAPool whose LoRALinear wrappers are in the model
-        self.decode_kernel = decode_kernel  # native paged decode attention, or None: PyTorch path
+        self.decode_kernel = decode_kernel  # paged decode attention (CPU or Triton), or None: PyTorch path
+        self.chunk_kernel = chunk_kernel  # paged prompt-chunk attention (Triton), or None: PyTorch path
         self.block_size = block_size
         self.device = device
         self.windows = model.windows  # layer type -> sliding window or None
@@ -91,6 +93,10 @@ class ModelRunner:
         return ModelInputs(as_long(ids), as_long(positions), meta, as_long(logit_rows), sampling, lora)
 
     def _chunk_row(self, start: int, computed: int, n: int, table: list[int]) -> ChunkRow:
+        nb = -(-(computed + n) // self.block_size)
+        bt = torch.tensor(table[:nb], dtype=torch.long, device=self.device)
+        if self.chunk_kernel is not None:
+            return ChunkRow(start, start + n, computed, bt, kernel=self.chunk_kernel, windows=self.windows)
         q_pos = torch.arange(computed, computed + n, device=self.device)
         masks = {}
         for layer_type, window in self.windows.items():
@@ -98,8 +104,6 @@ class ModelRunner:
                 masks[layer_type] = None  # plain causal over the chunk itself
             else:
                 masks[layer_type] = kv_context_mask(q_pos, computed + n, window)
-        nb = -(-(computed + n) // self.block_size)
-        bt = torch.tensor(table[:nb], dtype=torch.long, device=self.device)
         return ChunkRow(start, start + n, computed, bt, masks)
 
     def _decode_rows(self, index: list[int], tables: list[list[int]], pos: list[int]) -> DecodeRows:

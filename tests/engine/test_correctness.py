@@ -46,14 +46,19 @@ def test_logits_and_greedy_match_transformers(tiny_family, monkeypatch, budget, 
     name, folder = tiny_family
     seen = record_logits(monkeypatch)
     llm = LLM(str(folder), dtype="float32", max_num_batched_tokens=budget, attention_backend=backend)
-    prompts = prompts_of(3, [5, 23, 40])
+    assert_greedy_matches_transformers(llm, folder, prompts_of(3, [5, 23, 40]), 12, seen, name)
+
+
+def assert_greedy_matches_transformers(llm, folder, prompts, n: int, seen, name: str) -> None:
+    """`llm`'s greedy tokens equal transformers' and its logits (as `record_logits` saw them)
+    are within 1e-3, for `n` tokens of each prompt."""
     outs = llm.generate(prompt_token_ids=prompts,
-                        sampling_params=SamplingParams(max_tokens=12, temperature=0, ignore_eos=True))
+                        sampling_params=SamplingParams(max_tokens=n, temperature=0, ignore_eos=True))
     for prompt, out in zip(prompts, outs):
-        ref_tokens, ref_logits = hf_greedy(folder, prompt, 12)
+        ref_tokens, ref_logits = hf_greedy(folder, prompt, n)
         assert out.outputs[0].token_ids == ref_tokens, name
-        ours = torch.stack(seen[out.request_id])  # (12, V): prefill's last position, then decodes
-        ref = ref_logits[len(prompt) - 1 : len(prompt) - 1 + 12]
+        ours = torch.stack(seen[out.request_id])  # (n, V): prefill's last position, then decodes
+        ref = ref_logits[len(prompt) - 1 : len(prompt) - 1 + n]
         assert (ours - ref).abs().max().item() <= 1e-3, name
 
 
