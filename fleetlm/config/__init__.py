@@ -51,7 +51,7 @@ class EngineConfig(FromDict):
     # Speculative decoding: "ngram" drafts from earlier text (prompt lookup), verified
     # losslessly; paused while more than speculative_max_batch rows decode. None: off.
     speculative: str | None = None
-    num_draft_tokens: int = 4  # longest draft per step (adapted per sequence)
+    num_draft_tokens: int = 8  # longest draft per step (adapted per sequence)
     speculative_max_batch: int = 4
     # Weight-only quantized linears (docs/quantization.md): None, "int8" (per output channel)
     # or "int4" (groups of quantization_group_size inputs); the embedding keeps `dtype`.

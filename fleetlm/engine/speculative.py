@@ -56,8 +56,8 @@ class NgramProposer:
         self.verifications = 0  # and verification steps (rows that carried drafts)
 
     def state(self, seq) -> DraftState:
-        if seq.draft_state is None:
-            seq.draft_state = DraftState(k=self.num_draft_tokens)
+        if seq.draft_state is None:  # start short: most drafts of text that copies nothing miss
+            seq.draft_state = DraftState(k=min(2, self.num_draft_tokens))
         return seq.draft_state
 
     def propose(self, seq, limit: int) -> list[int]:
@@ -98,13 +98,13 @@ class NgramProposer:
         self.drafted += drafted
         self.accepted += accepted
         self.verifications += 1
-        if accepted == drafted:
-            st.k = min(self.num_draft_tokens, st.k + 1)
+        if accepted == drafted:  # a long copy: double the draft to reach its speed quickly
+            st.k = min(self.num_draft_tokens, 2 * st.k)
             st.misses = 0
-        elif accepted == 0:
+        elif accepted == 0:  # each miss costs the rows it drafted: pause 2, 4, ... steps
             st.misses += 1
             st.k = 1
-            st.cooldown = min(MAX_COOLDOWN_STEPS, 1 << st.misses) if st.misses > 1 else 0
+            st.cooldown = min(MAX_COOLDOWN_STEPS, 1 << st.misses)
         else:
             st.k = accepted + 1
             st.misses = 0

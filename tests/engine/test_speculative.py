@@ -138,8 +138,10 @@ def test_proposer_takes_the_longest_most_recent_match_and_backs_off():
     params = SamplingParams(max_tokens=100)
     seq = Sequence(0, "r", 0, [9, 1, 2, 3, 4, 5, 7, 1, 2, 3, 6, 8, 2, 3], 14, params)
     # [2, 3] occurs at 2 and 8 (most recent: 8 -> 6, 8); [1, 2, 3] is not the suffix
-    assert prop.propose(seq, 10) == [6, 8, 2, 3]
-    assert prop.propose(seq, 2) == [6, 8]
+    assert prop.propose(seq, 10) == [6, 8]  # drafts start at 2 tokens ...
+    prop.feedback(seq, 2, 2)
+    assert prop.propose(seq, 10) == [6, 8, 2, 3]  # ... and double while accepted in full
+    assert prop.propose(seq, 1) == [6]
     seq.token_ids += [5]  # suffix [3, 5] never seen before, [2, 3, 5]: no match
     assert prop.propose(seq, 4) == []
     prop.feedback(seq, 4, 0)
