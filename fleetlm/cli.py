@@ -91,9 +91,8 @@ def _print_stats(engine, n: int, ttft: float, total: float) -> None:
     lines = [f"ttft_ms {ttft * 1000:.1f}", f"tpot_ms {tpot * 1000:.1f}", f"tokens {n}"]
     prop = engine.scheduler.proposer
     if prop is not None:
-        per_step = (prop.accepted + prop.verifications) / prop.verifications if prop.verifications else 0.0
         lines += [f"draft_tokens {prop.drafted}", f"accepted_tokens {prop.accepted}",
-                  f"tokens_per_verification {per_step:.2f}"]
+                  f"tokens_per_verification {prop.tokens_per_verification:.2f}"]
     print("\n".join(lines), file=sys.stderr)
 
 

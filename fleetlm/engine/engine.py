@@ -253,7 +253,7 @@ class LLMEngine:
             if seq.request_id not in self.requests:
                 continue  # a sibling failed a moment ago
             try:
-                (tok,), (lp,) = sample(logits[i : i + 1], [seq], self.gen)
+                tok, lp = self._sample_one(logits[i : i + 1], seq)
             except Exception as exc:  # noqa: BLE001
                 self._fail(seq.request_id, exc)
                 continue
@@ -271,7 +271,9 @@ class LLMEngine:
     def _update(self, sched, sampling_seqs, tokens, logprobs, verifying) -> list[RequestOutput]:
         for seq, n in zip(sched.seqs, sched.num_new_tokens):
             if seq.finished or seq in verifying:
-                continue  # ended by a failure while sampling this step; its blocks are free
+                # finished: ended by a failure while sampling this step (its blocks are free);
+                # verifying: _verify commits only the tokens its drafts kept
+                continue
             seq.num_computed_tokens += n
             self.kv.cache_computed_blocks(seq)
             if seq.num_computed_tokens >= seq.prompt_len:
@@ -321,6 +323,7 @@ class LLMEngine:
         return True
 
     def _sample_one(self, row: torch.Tensor, seq: Sequence) -> tuple[int, object]:
+        """One sequence's token (and logprob entry) from one row (1, V) of logits."""
         (tok,), (lp,) = sample(row, [seq], self.gen)
         return tok, lp
 

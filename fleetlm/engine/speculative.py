@@ -5,8 +5,8 @@ Contract:
 - `NgramProposer.propose(seq, limit)` returns up to `limit` draft tokens for a decoding
   sequence: the continuation of the most recent earlier occurrence of its last n tokens
   (longest n first), in the prompt or the output so far. Extraction, tool calls, code edits
-  and RAG answers copy long spans of their prompt, so these drafts are often right; free text
-  rarely matches, and then nothing is proposed and nothing is paid.
+  and RAG answers copy long spans of their prompt, so these drafts are often right; text that
+  copies nothing rarely matches, and then nothing is proposed and nothing is paid.
 - The scheduler appends the drafts to the sequence's step (its token budget counts them);
   the model runner computes logits at every draft position; `verify` then samples each
   position in turn exactly as plain decoding would (same processors, grammar and generator)
@@ -17,9 +17,10 @@ Contract:
   arithmetic of a wider matmul, and a seeded row draws once per emitted token, as without it.
 - Only committed tokens count as computed: rejected drafts' KV slots are overwritten later,
   and prefix-cache blocks are hashed from committed tokens only.
-- Each sequence adapts its draft length (`DraftState`): it grows while drafts are accepted
-  in full, shrinks to what was accepted, and a row whose drafts keep missing pauses for a
-  doubling number of steps, so text that never matches pays (almost) nothing.
+- Each sequence adapts its draft length (`DraftState`): it starts at 2 tokens, doubles while
+  drafts are accepted in full, shrinks to what was accepted, and after a draft that missed
+  entirely pauses for a doubling number of steps, so text that never matches pays (almost)
+  nothing.
 """
 
 from __future__ import annotations
@@ -54,6 +55,11 @@ class NgramProposer:
         self.drafted = 0  # totals since start (stats, benchmarks): draft tokens proposed,
         self.accepted = 0  # accepted,
         self.verifications = 0  # and verification steps (rows that carried drafts)
+
+    @property
+    def tokens_per_verification(self) -> float:
+        """Tokens emitted per verification step so far (1 + accepted drafts); 0 before any."""
+        return (self.accepted + self.verifications) / self.verifications if self.verifications else 0.0
 
     def state(self, seq) -> DraftState:
         if seq.draft_state is None:  # start short: most drafts of text that copies nothing miss
