@@ -10,6 +10,7 @@ tokens each, greedy, EOS ignored. All requests arrive at t=0.
                                                       # weights (a machine without the weights, e.g. a GPU box)
     python benchmarks/engine_throughput.py --device cuda --profile   # where a batch-64 decode step's
                                                       # time goes (torch.profiler; step_profile.py)
+    python benchmarks/engine_throughput.py --profile --temperature 1.0   # the same, sampling
 
 On a CUDA machine both fleetlm and transformers run on the GPU (llama.cpp is skipped there).
 
@@ -304,6 +305,7 @@ def main() -> int:
     ap.add_argument("--device", default="auto", help="auto (cuda when available), cpu or cuda")
     ap.add_argument("--requests", type=int, default=None)
     ap.add_argument("--max-tokens", type=int, default=128)
+    ap.add_argument("--temperature", type=float, default=0.0, help="--profile: decode at this temperature (default greedy)")
     ap.add_argument("--dtype", default="auto")
     ap.add_argument("--hf-batch-sizes", default=None, help="comma list; default 8,16,32,64 (quick: 16)")
     ap.add_argument("--skip-hf", action="store_true")
@@ -345,7 +347,7 @@ def main() -> int:
         from step_profile import profile_llm
 
         text = profile_llm(folder, prompts, dtype_name, device.type, max_num_seqs=max(64, n),
-                           max_num_batched_tokens=args.budget)
+                           max_num_batched_tokens=args.budget, temperature=args.temperature)
         print(text)
         (RESULTS / f"engine_step_profile_{device.type}.txt").write_text(f"{machine}\n{text}\n")
         return 0

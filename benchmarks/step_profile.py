@@ -111,13 +111,13 @@ def summarize(events, steps: int) -> dict:
     return {"host": per(host), "ops": per(ops), "device": per(device), "counts": per(counts), "top": top}
 
 
-def decode_ready(engine, prompts: list[list[int]]) -> list:
+def decode_ready(engine, prompts: list[list[int]], temperature: float = 0.0) -> list:
     """Queue the prompts and step until every one has its first token: from then on each step
-    is `len(prompts)` decodes. Returns the requests (abort them when done)."""
+    is `len(prompts)` decodes, greedy or at `temperature`. Returns the requests (abort them when done)."""
     from fleetlm import SamplingParams
 
     # long enough that no request ends while the last prompts are still being prefilled
-    params = SamplingParams(max_tokens=4096, temperature=0, ignore_eos=True)
+    params = SamplingParams(max_tokens=4096, temperature=temperature, ignore_eos=True)
     reqs = [engine.make_request(p, params) for p in prompts]
     for r in reqs:
         engine.add(r)
@@ -131,11 +131,11 @@ def decode_ready(engine, prompts: list[list[int]]) -> list:
 
 
 def profile_decode_step(engine, prompts: list[list[int]], *, warmup: int = 3, timed: int = 5,
-                        profiled: int = 3) -> str:
+                        profiled: int = 3, temperature: float = 0.0) -> str:
     """Profile decode steps of `engine` over `prompts` (all decoding at once); returns the table."""
     dev = engine.runner.device
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
-    reqs = decode_ready(engine, prompts)
+    reqs = decode_ready(engine, prompts, temperature)
     for _ in range(warmup):
         engine.step()
     walls = []
@@ -146,7 +146,8 @@ def profile_decode_step(engine, prompts: list[list[int]], *, warmup: int = 3, ti
         sync()
         walls.append(time.perf_counter() - t0)
     ctx = [len(p) for p in prompts]
-    title = (f"decode step profile: batch {len(prompts)} decodes, prompts of {min(ctx)}-{max(ctx)} tokens, device {dev.type}, dtype {str(engine.loaded.dtype).removeprefix('torch.')}, "
+    decoding = "greedy" if not temperature else f"temperature {temperature}"
+    title = (f"decode step profile: batch {len(prompts)} decodes ({decoding}), prompts of {min(ctx)}-{max(ctx)} tokens, device {dev.type}, dtype {str(engine.loaded.dtype).removeprefix('torch.')}, "
              f"attention kernels: decode {_kernel_name(engine.runner.decode_kernel)}, "
              f"chunks {_kernel_name(engine.runner.chunk_kernel)}")
     instrument(engine)
@@ -200,9 +201,10 @@ def table(s: dict, wall_s: float, cuda: bool) -> list[str]:
     return lines
 
 
-def profile_llm(folder, prompts: list[list[int]], dtype: str, device: str, **engine_kw) -> str:
+def profile_llm(folder, prompts: list[list[int]], dtype: str, device: str, *, temperature: float = 0.0,
+                **engine_kw) -> str:
     """Load `folder` in a fresh engine and profile its decode step over `prompts`."""
     from fleetlm import LLM
 
     llm = LLM(str(folder), dtype=dtype, device=device, **engine_kw)
-    return profile_decode_step(llm.engine, prompts)
+    return profile_decode_step(llm.engine, prompts, temperature=temperature)

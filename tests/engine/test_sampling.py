@@ -14,7 +14,7 @@ from transformers.generation.logits_process import (
 )
 
 from fleetlm import LLM, SamplingParams
-from fleetlm.engine.sampling import CANDIDATES, _filtered_candidates, apply_penalties, sample
+from fleetlm.engine.sampling import BLOCK, CANDIDATES, _filtered_candidates, apply_penalties, draw, sample
 from fleetlm.engine.sequence import Sequence
 
 
@@ -209,6 +209,40 @@ def test_draws_follow_the_filtered_softmax(kw, seeded):
     exp_counts = expected[keep] * n
     chi2 = float(((counts[keep] - exp_counts) ** 2 / exp_counts).sum())
     assert chi2 < 30, (chi2, counts.tolist(), exp_counts.tolist())  # dof <= 7; p ~ 1e-4
+
+
+@pytest.mark.parametrize("vocab", [7, BLOCK, 3 * BLOCK + 5])
+def test_draw_is_the_inverse_cdf_and_skips_zero_entries(vocab):
+    """`draw` against a whole-row fp64 cumulative sum, on rows with zeroed entries, unnormalised
+    mass and a vocabulary that is not a multiple of the block; u at 0 and just under 1 land
+    on the first and last non-zero entries."""
+    g = torch.Generator().manual_seed(vocab)
+    probs = torch.rand(64, vocab, generator=g) ** 4 * 3.0  # unnormalised, with a long tail
+    probs[torch.rand(64, vocab, generator=g) < 0.3] = 0.0
+    probs[:, 0] = 0.0
+    probs[:, -1] = 0.0
+    probs[:, vocab // 2] += 1e-3  # every row keeps some mass
+    u = torch.rand(64, generator=g, dtype=torch.float64)
+    u[0], u[1] = 0.0, 1.0 - 2.0 ** -53
+    cdf = probs.double().cumsum(1)
+    want = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None], right=True)[:, 0]
+    got = draw(probs, u)
+    assert got.tolist() == want.tolist()
+    nonzero = [torch.nonzero(r)[:, 0] for r in probs[:2]]
+    assert int(got[0]) == int(nonzero[0][0]) and int(got[1]) == int(nonzero[1][-1])
+    assert bool((probs.gather(1, got[:, None]) > 0).all())
+
+
+def test_draw_reaches_the_tail_of_a_wide_row():
+    """In a 262k-wide row whose best token holds all but 1% of the mass, the tail's tokens
+    (each ~4e-8, under half of fp32's resolution near 1) are drawn at their rate."""
+    vocab = 262_144
+    probs = torch.full((1, vocab), 1e-2 / (vocab - 1))
+    probs[0, 0] = 1.0 - 1e-2
+    g = torch.Generator().manual_seed(3)
+    u = torch.rand(2_000, generator=g, dtype=torch.float64)
+    hits = sum(int(draw(probs, u[i : i + 1])) != 0 for i in range(len(u)))
+    assert 5 <= hits <= 40, hits  # expected 20 (Poisson, p ~ 1e-4 outside)
 
 
 def test_greedy_rows_take_the_argmax_in_a_mixed_batch():
