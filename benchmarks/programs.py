@@ -2,6 +2,7 @@
 
     python benchmarks/programs.py                 # 100 arithmetic problems, all tables
     python benchmarks/programs.py --n 40 --trials 3
+    python benchmarks/programs.py --n 0 --bfcl 0    # only the fork and overhead lines
 
 Starts `fleet serve`'s app in-process on 127.0.0.1 (gemma-3-270m, the shipped experts) and
 uses the real `openai` client, 8 requests at a time. Tables:
@@ -16,14 +17,14 @@ uses the real `openai` client, 8 requests at a time. Tables:
 2. BFCL simple_python (the first --bfcl questions, tool_choice auto): the `fc` expert's one
    greedy answer against `sc` (5 samples at temperature 0.7, the majority of normalised tool
    calls) and `bon` (5 samples, the highest mean log-probability) over the same expert.
-3. `ctx.fork(n=8)` on a ~1,000-token prompt against 8 separate requests for the same prompt
-   (sent at once), fresh prompts per trial.
+3. `ctx.fork(n=8)` on a ~1,000-token prompt against 8 separate requests for the same prompt,
+   sent at once and one after another, fresh prompts per measurement.
 4. The overhead of a program that only forwards one call, against that call made directly
    (p50 of alternated requests, max_tokens=1).
 
 The last line is `pot gain over direct: +NN.N points` (the best pot row against the best
 direct answer).
-Writes benchmarks/results/programs.txt.
+Writes benchmarks/results/programs.txt (programs_partial.txt when a table is skipped).
 """
 
 from __future__ import annotations
@@ -165,44 +166,64 @@ def bfcl_table(base: str, n: int, concurrency: int) -> list[str]:
             return ok, r.json()["usage"]["total_tokens"]
         return one
 
-    lines = [f"BFCL simple_python, first {len(questions)} questions, tool_choice auto",
-             f"{'system':<38} {'accuracy':>9} {'95% interval':>15} {'tokens':>7} {'x tokens':>9}"]
-    direct_tokens = None
+    lines = [f"BFCL simple_python, first {len(questions)} questions, tool_choice auto; gain: paired difference "
+             f"from the greedy answer on the same questions, 95% interval",
+             f"{'system':<38} {'accuracy':>9} {'95% interval':>15} {'first 100':>10} {'gain, points':>19} "
+             f"{'tokens':>7} {'x tokens':>9}"]
+    direct = None
     with httpx.Client(timeout=600) as http:
         for name, model in (("gemma-3-270m:fc, greedy", "gemma-3-270m:fc"),
                             ("compound/sc-fc (5 samples)", "compound/sc-fc"),
                             ("compound/bon-fc (5 samples, logprob)", "compound/bon-fc")):
             with ThreadPoolExecutor(concurrency) as pool:
                 outs = list(pool.map(ask(model), questions))
-            k, tokens = sum(ok for ok, _ in outs), sum(t for _, t in outs) / len(outs)
-            direct_tokens = direct_tokens or tokens
+            oks = [int(ok) for ok, _ in outs]
+            k, tokens = sum(oks), sum(t for _, t in outs) / len(outs)
+            direct = direct or (oks, tokens)
             lo, hi = wilson(k, len(outs))
-            lines.append(f"{name:<38} {k / len(outs):>9.1%} {f'{lo:.1%}-{hi:.1%}':>15} {tokens:>7.0f} "
-                         f"{tokens / direct_tokens:>8.1f}x")
+            gain, half = paired_gain(oks, direct[0])
+            gain_text = f"{gain:+.1f} ({gain - half:+.1f}, {gain + half:+.1f})"
+            lines.append(f"{name:<38} {k / len(outs):>9.1%} {f'{lo:.1%}-{hi:.1%}':>15} "
+                         f"{sum(oks[:100]) / len(oks[:100]):>10.1%} {gain_text:>19} "
+                         f"{tokens:>7.0f} {tokens / direct[1]:>8.1f}x")
             print(lines[-1], flush=True)
     return lines
 
 
+def paired_gain(oks: list[int], base: list[int]) -> tuple[float, float]:
+    """Mean of oks - base in points and the half-width of its 95% interval (normal, paired)."""
+    d = [a - b for a, b in zip(oks, base)]
+    mean = sum(d) / len(d)
+    var = sum((x - mean) ** 2 for x in d) / max(1, len(d) - 1)
+    return 100 * mean, 100 * 1.96 * math.sqrt(var / len(d))
+
+
 def fork_table(client, base: str, trials: int) -> list[str]:
+    """ctx.fork(n=8) against the same 8 samples as separate requests, sent at once (they
+    share the prompt through the prefix cache, but arrive together, before it is cached) and
+    one after another (each reuses the cached prompt); a new prompt for each measurement."""
     words = "time year people way day man thing woman life child world school state family student group".split()
-    fork_s, separate_s = [], []
+    walls: dict[str, list[float]] = {"fork": [], "at once": [], "one after another": []}
+    body = dict(model="gemma-3-270m", max_tokens=32, temperature=0.8, extra_body={"ignore_eos": True})
     for t in range(trials):
         rng = random.Random(t)
-        prompt = " ".join(rng.choice(words) for _ in range(900))  # ~1,000 tokens, new each trial
-        messages = [{"role": "user", "content": prompt}]
-        t0 = time.monotonic()
-        client.chat.completions.create(model="compound/fork8", messages=messages)
-        fork_s.append(time.monotonic() - t0)
-        prompt2 = " ".join(rng.choice(words) for _ in range(900))
-        t0 = time.monotonic()
-        with ThreadPoolExecutor(8) as pool:
-            list(pool.map(lambda _: client.chat.completions.create(
-                model="gemma-3-270m", messages=[{"role": "user", "content": prompt2}], max_tokens=32,
-                temperature=0.8, extra_body={"ignore_eos": True}), range(8)))
-        separate_s.append(time.monotonic() - t0)
-    f, s = statistics.median(fork_s), statistics.median(separate_s)
+        for name in walls:
+            prompt = " ".join(rng.choice(words) for _ in range(900))  # ~1,000 tokens, new each time
+            messages = [{"role": "user", "content": prompt}]
+            t0 = time.monotonic()
+            if name == "fork":
+                client.chat.completions.create(model="compound/fork8", messages=messages)
+            elif name == "at once":
+                with ThreadPoolExecutor(8) as pool:
+                    list(pool.map(lambda _: client.chat.completions.create(messages=messages, **body), range(8)))
+            else:
+                for _ in range(8):
+                    client.chat.completions.create(messages=messages, **body)
+            walls[name].append(time.monotonic() - t0)
+    f, s, q = (statistics.median(w) for w in walls.values())
     return [f"ctx.fork(n=8), ~1,000-token prompt, 32 tokens each: {f:.2f} s (median of {trials}); "
-            f"8 separate requests at once: {s:.2f} s; {s / f:.2f}x less wall time with fork"]
+            f"8 separate requests at once: {s:.2f} s ({s / f:.2f}x fork's wall time); "
+            f"one after another: {q:.2f} s ({q / f:.2f}x)"]
 
 
 def overhead_table(client, rounds: int) -> list[str]:
@@ -222,38 +243,41 @@ def overhead_table(client, rounds: int) -> list[str]:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--n", type=int, default=100, help="arithmetic problems")
+    ap.add_argument("--n", type=int, default=100, help="arithmetic problems (0: skip)")
     ap.add_argument("--seed", type=int, default=2026, help="seed of the held-out problems")
     ap.add_argument("--concurrency", type=int, default=8)
-    ap.add_argument("--bfcl", type=int, default=100, help="BFCL simple_python questions (0: skip)")
+    ap.add_argument("--bfcl", type=int, default=400, help="BFCL simple_python questions (0: skip)")
     ap.add_argument("--trials", type=int, default=5, help="fork trials")
     ap.add_argument("--overhead-rounds", type=int, default=30)
     args = ap.parse_args()
     from openai import OpenAI
 
-    rows, shots = held_out_problems(args.n, args.seed)
+    rows, shots = held_out_problems(args.n, args.seed) if args.n else ([], [])
     base, server = start_server()
     client = OpenAI(base_url=base, api_key="unused", max_retries=0, timeout=600)
+    lines, acc = [], {}
     try:
-        print(f"arithmetic: {len(rows)} held-out problems (seed {args.seed}), {args.concurrency} at a time",
-              flush=True)
-        lines, acc = arithmetic_table(client, rows, shots, args.concurrency)
+        if rows:
+            print(f"arithmetic: {len(rows)} held-out problems (seed {args.seed}), {args.concurrency} at a time",
+                  flush=True)
+            lines, acc = arithmetic_table(client, rows, shots, args.concurrency)
         if args.bfcl:
             lines += [""] + bfcl_table(base, args.bfcl, args.concurrency)
         lines += [""] + fork_table(client, base, args.trials)
         print(lines[-1], flush=True)
         lines += overhead_table(client, args.overhead_rounds)
         print(lines[-1], flush=True)
-        best_direct = max(v for k, v in acc.items() if "direct" in k)
-        best_pot = max(v for k, v in acc.items() if "pot" in k)
-        lines.append(f"pot gain over direct: {100 * (best_pot - best_direct):+.1f} points")
+        if acc:
+            best_direct = max(v for k, v in acc.items() if "direct" in k)
+            best_pot = max(v for k, v in acc.items() if "pot" in k)
+            lines.append(f"pot gain over direct: {100 * (best_pot - best_direct):+.1f} points")
     finally:
         server.should_exit = True
     text = "\n".join(lines)
     print(text)
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "programs.txt").write_text(f"# python benchmarks/programs.py --n {args.n} --trials {args.trials}\n"
-                                          + text + "\n")
+    name = "programs.txt" if rows and args.bfcl else "programs_partial.txt"  # a partial run keeps the full one
+    (RESULTS / name).write_text(f"# python benchmarks/programs.py {' '.join(sys.argv[1:])}\n" + text + "\n")
     return 0
 
 

@@ -73,6 +73,21 @@ class KVCacheManager:
             hit.append(block)
         return hit
 
+    def first_missing_hash(self, seq: Sequence, hit: list[int]) -> bytes | None:
+        """The hash of the full block right after `hit` (lookup_prefix's answer for seq), or
+        None when there is none to look up (no prefix caching, or only the last token left)."""
+        if not self.enable_prefix_caching or len(hit) >= (seq.num_tokens - 1) // self.block_size:
+            return None
+        return self._hash_blocks(seq, len(hit) + 1)[len(hit)]
+
+    def prompt_hashes_in_flight(self, seq: Sequence) -> list[bytes]:
+        """Hashes of the full prompt blocks a running `seq` has yet to compute: they will be in
+        the prefix cache once it has (empty after its prompt, or without prefix caching)."""
+        if not self.enable_prefix_caching or seq.prompt_computed:
+            return []
+        full = seq.prompt_len // self.block_size
+        return self._hash_blocks(seq, full)[seq.num_computed_tokens // self.block_size : full]
+
     # ---- allocation ------------------------------------------------------------------
     def admit(self, seq: Sequence, hit: list[int], num_tokens: int) -> bool:
         """Give a new (or preempted) sequence its cached prefix and room for `num_tokens`

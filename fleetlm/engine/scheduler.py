@@ -12,6 +12,10 @@ runs; when none is free it waits, like a sequence that does not fit the KV cache
 Background sequences (`SamplingParams.priority` > 0, batch jobs) sit out every step in which
 an interactive one is computing its prompt or waits with room to start it: they keep their
 blocks and go on afterwards, so an interactive prompt is never computed beside them.
+A waiting sequence whose next uncached prompt block is one a running sequence is computing
+(concurrent requests with a shared prefix: a system prompt, a tool list, the same question)
+waits until that block is in the prefix cache instead of computing it too, as `n` siblings
+wait for the first sequence's prompt.
 With a draft proposer (speculative decoding), a decoding sequence may be owed more than one
 token: its last token plus the drafts the proposer offers, counted against the budget and
 given KV slots like any other token (speculative.py).
@@ -89,6 +93,7 @@ class Scheduler:
         # 2. admit waiting sequences while budget, sequence cap and blocks allow
         if out.preempted:
             return out  # memory is tight: let running sequences drain first
+        in_flight = None  # hashes of prompt blocks running sequences compute now (built on first need)
         for seq in list(self.waiting):
             if budget <= 0 or len(self.running) >= self.max_num_seqs:
                 break
@@ -96,9 +101,16 @@ class Scheduler:
                 continue  # a sibling: wait until the shared prompt is in the cache
             if pause and seq.params.priority > 0:
                 continue  # background: interactive prompts first
+            hit = self.kv.lookup_prefix(seq)
+            missing = self.kv.first_missing_hash(seq, hit)
+            if missing is not None:
+                if in_flight is None:
+                    in_flight = {h for r in self.running if not (pause and r.params.priority > 0)
+                                 for h in self.kv.prompt_hashes_in_flight(r)}
+                if missing in in_flight:
+                    continue  # a running prompt is computing its next blocks: hit them later
             if not self._take_lora_slot(seq):
                 break  # every adapter slot is in use; FCFS as for memory
-            hit = self.kv.lookup_prefix(seq)
             n = min(seq.num_tokens - len(hit) * self.kv.block_size, budget)
             if not self.kv.admit(seq, hit, len(hit) * self.kv.block_size + n):
                 self._drop_lora_slot(seq)
@@ -108,6 +120,8 @@ class Scheduler:
             self.waiting.remove(seq)
             seq.status = SeqStatus.RUNNING
             self.running.append(seq)
+            if in_flight is not None:
+                in_flight.update(self.kv.prompt_hashes_in_flight(seq))
             out.seqs.append(seq)
             out.num_new_tokens.append(n)
             budget -= n

@@ -176,6 +176,39 @@ def test_sibling_waits_for_the_shared_prompt_then_hits_it():
     assert sibling.block_ids[:2] == first.block_ids[:2] and sibling.num_cached_prompt_tokens == 8
 
 
+def test_a_request_waits_for_blocks_a_running_prompt_is_computing():
+    """Two requests with the same prompt arrive together: the second is not admitted beside
+    the first's last chunk to compute the same blocks, then takes them from the cache."""
+    s = make_sched(block_size=4, budget=8)
+    first, second = make_seq(13), make_seq(13)
+    s.add(first)
+    s.add(second)
+    out = s.schedule()
+    assert scheduled(out) == [(first, 8)]
+    advance(s, out)
+    out = s.schedule()
+    assert scheduled(out) == [(first, 5)]  # 3 tokens of budget left: `second` would compute block 2 too
+    advance(s, out)
+    out = s.schedule()
+    assert scheduled(out) == [(first, 1), (second, 1)]
+    assert second.block_ids[:3] == first.block_ids[:3] and second.num_cached_prompt_tokens == 12
+
+
+def test_a_request_whose_next_block_is_its_own_is_admitted_beside_a_shared_prefill():
+    """Only the next block the waiting request lacks matters: sharing cached blocks with a
+    prompt still being computed does not hold it back."""
+    s = make_sched(block_size=4, budget=12)
+    first = make_seq(20)
+    s.add(first)
+    advance(s, s.schedule())  # first's blocks 0-2 are cached, 8 tokens to go
+    other = make_seq(13)  # the same first 8 tokens, then its own
+    other.token_ids[8:] = [900 + i for i in range(5)]
+    s.add(other)
+    out = s.schedule()
+    assert scheduled(out) == [(first, 8), (other, 4)]
+    assert other.num_cached_prompt_tokens == 8
+
+
 def test_background_rows_sit_out_the_steps_that_compute_an_interactive_prompt():
     s = make_sched(budget=32)
     batch = [Sequence(next(_ids), "b", 0, [3, 4, 5], 3, SamplingParams(priority=1)) for _ in range(2)]
