@@ -16,7 +16,8 @@ Contract, for every chat and completion request whatever Target serves it:
   in-band. The request is recorded once when it ends, whatever its status: Prometheus
   (`Metrics.record`) and the database ledger (`Tenants.settle`: model asked, model served,
   usage, cost, latency, status, a program's sub-calls). A stream cut short is billed for the
-  tokens it had sent (Targets put a running `usage` on their chunks);
+  tokens it had sent, and a non-streamed request whose client went away for the tokens
+  computed by then (Targets put a running `usage` on their chunks);
 - **disconnects**: the request's work runs as a task that is cancelled when the client goes
   away (polled while nothing is sent yet; Starlette cancels a stream's writer), and closing
   a Target's iterator aborts everything it started: engine rows, upstream streams, a
@@ -108,7 +109,8 @@ class Dispatch:
         streaming = False
         try:
             if not req.stream:
-                result = await until_disconnect(raw, collect_chat(chunks) if chat else collect_completion(chunks))
+                seen = tap(chunks, rec)  # a client gone before the answer is billed for what was computed
+                result = await until_disconnect(raw, collect_chat(seen) if chat else collect_completion(seen))
                 rec.served_by, rec.usage, rec.timing, rec.calls = (result.served_by, result.usage, result.timing,
                                                                    result.calls)
                 rec.status = 200
@@ -205,6 +207,15 @@ class StreamingAnswer(StreamingResponse):
             await super().__call__(scope, receive, send)
         finally:
             await self._close()
+
+
+async def tap(chunks: AsyncIterator, rec: RequestRecord) -> AsyncIterator:
+    """`chunks` as they are, keeping the running usage and the model serving them on `rec`."""
+    async for chunk in chunks:
+        rec.served_by = chunk.served_by or rec.served_by
+        if chunk.usage is not None:
+            rec.usage = chunk.usage
+        yield chunk
 
 
 async def until_disconnect(raw: Request, work: Awaitable):

@@ -96,7 +96,7 @@ class CompletionDelta:
 @dataclass
 class _Chunk:
     served_by: str = ""
-    usage: Usage | None = None  # the last chunk only
+    usage: Usage | None = None  # the last chunk's is final; earlier ones may carry the running total
     timing: Timing | None = None
     extra: dict | None = None  # top-level fields of the response (fleetlm extensions)
     calls: list[SubCall] = field(default_factory=list)  # a program's sub-calls (the last chunk)
