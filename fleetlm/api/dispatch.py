@@ -88,17 +88,11 @@ class Dispatch:
         target = self.catalog.resolve(req.model)
         engines = target.engines()
         caller = getattr(raw.state, "caller", None)
-        held = self.tenants.admit(caller, req.model, req, target, self.catalog) if self.tenants and caller else None
-        try:
-            self.admission.enter(engines)
-        except APIError:
-            if held is not None:
-                self.tenants.limiter.settle(held, 0.0, 0)
-            raise
         t0 = time.monotonic()
         chat = endpoint == "chat"
-        chunks = target.chat(req) if chat else target.complete(req)
         rid = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}"
+        held = self._admit(caller, endpoint, req, target, engines, rid=rid, t0=t0)
+        chunks = target.chat(req) if chat else target.complete(req)
         rec = RequestRecord(endpoint, req.model, "", 499)
         self.interactive += 1
 
@@ -156,8 +150,7 @@ class Dispatch:
         try:
             target = self.catalog.resolve(req.model)
             engines = target.engines()
-            held = self.tenants.admit(caller, req.model, req, target, self.catalog) if self.tenants and caller else None
-            self.admission.enter(engines)
+            held = self._admit(caller, endpoint, req, target, engines, rid=rid, t0=t0, batch_id=batch_id)
             entered = True
             chunks = target.chat(req) if chat else target.complete(req)
             try:
@@ -177,12 +170,29 @@ class Dispatch:
         finally:
             if entered:
                 self._end(rec, engines, t0, rid=rid, caller=caller, held=held, batch_id=batch_id, discount=discount)
-            elif held is not None:
-                self.tenants.limiter.settle(held, 0.0, 0)
+
+    def _admit(self, caller, endpoint: str, req, target, engines, *, rid: str, t0: float,
+               batch_id: str | None = None):
+        """The tenant checks (the key's models and limits: a cost reservation, returned) and
+        then the admission gate. A refusal is recorded like any request that ends (metrics,
+        and a ledger row with its status and no tokens), its reservation released, and raised."""
+        held = None
+        try:
+            held = self.tenants.admit(caller, req.model, req, target, self.catalog) if self.tenants and caller else None
+            self.admission.enter(engines)
+        except APIError as exc:
+            self._record(RequestRecord(endpoint, req.model, "", exc.status), t0, rid=rid, caller=caller, held=held,
+                         batch_id=batch_id)
+            raise
+        return held
 
     def _end(self, rec: RequestRecord, engines, t0: float, *, rid: str, caller, held, batch_id: str | None = None,
              discount: float = 0.0) -> None:
         self.admission.leave(engines)
+        self._record(rec, t0, rid=rid, caller=caller, held=held, batch_id=batch_id, discount=discount)
+
+    def _record(self, rec: RequestRecord, t0: float, *, rid: str, caller, held, batch_id: str | None = None,
+                discount: float = 0.0) -> None:
         rec.latency_s = time.monotonic() - t0
         self.metrics.record(rec)
         if self.tenants is not None:

@@ -138,6 +138,37 @@ def test_allowlist_budget_rate_and_expiry_hold_on_every_path(fleet, model, strea
     assert err.value.body["code"] == "insufficient_quota"
 
 
+def test_refused_requests_are_in_the_ledger_and_the_metrics(fleet):
+    """A 429 (rate) and a 403 (a model outside the key's list) end like any request: a ledger
+    row with their status, no tokens and no cost, and a count in /metrics."""
+    made = {}
+    for name, limits in (("rate", {"rpm": 1}), ("allow", {"models": "nothing-like-it*"})):
+        r = httpx.post(f"{fleet.base_url}/v1/admin/keys", json={"name": name, **limits},
+                       headers={"Authorization": f"Bearer {MASTER}"})
+        made[name] = r.json()["id"], r.json()["secret"]
+    ask(fleet, made["rate"][1], "tiny", stream=False)
+    with pytest.raises(openai.RateLimitError):
+        ask(fleet, made["rate"][1], "tiny", stream=False)
+    with pytest.raises(openai.PermissionDeniedError):
+        ask(fleet, made["allow"][1], "tiny", stream=True)
+    want = {made["rate"][0]: [200, 429], made["allow"][0]: [403]}
+    deadline, rows = time.monotonic() + 10, {}
+    while time.monotonic() < deadline:
+        with sqlite3.connect(fleet.db) as conn:
+            conn.row_factory = sqlite3.Row
+            rows = {k: [dict(r) for r in conn.execute("SELECT * FROM requests WHERE key_id = ? ORDER BY ts", (k,))]
+                    for k in want}
+        if all(len(rows[k]) == len(v) for k, v in want.items()):
+            break
+        time.sleep(0.1)
+    assert {k: [r["status"] for r in v] for k, v in rows.items()} == want
+    for row in rows[made["rate"][0]][1:] + rows[made["allow"][0]]:
+        assert row["model"] == "tiny" and row["completion_tokens"] == 0 and row["cost_usd"] == 0
+    metrics = httpx.get(f"{fleet.base_url}/metrics", headers={"Authorization": f"Bearer {MASTER}"}).text
+    assert re.search(r'fleetlm_model_requests_total\{model="tiny",served_by="",status="429"\} [1-9]', metrics)
+    assert re.search(r'fleetlm_model_requests_total\{model="tiny",served_by="",status="403"\} [1-9]', metrics)
+
+
 @pytest.mark.parametrize("model", ["tiny", "upstream/peer/tiny", "compound/vote"])
 def test_concurrent_requests_against_a_budget_for_one(fleet, model):
     budget = 1e-9 if model.startswith("compound/") else worst_case_usd(fleet, model) * (1 + 1e-9)
