@@ -15,9 +15,11 @@ Contract, for every chat and completion request whatever Target serves it:
   reserved (`fleetlm.tenants`); a stream whose running cost passes its reservation is ended
   in-band. The request is recorded once when it ends, whatever its status: Prometheus
   (`Metrics.record`) and the database ledger (`Tenants.settle`: model asked, model served,
-  usage, cost, latency, status, a program's sub-calls). A stream cut short is billed for the
-  tokens it had sent, and a non-streamed request whose client went away for the tokens
-  computed by then (Targets put a running `usage` on their chunks);
+  usage, cost, latency, status, a program's sub-calls); a request the key's limits or the
+  admission gate refuse too, with no tokens (a batch line, retried, only by its outcome). A
+  stream cut short is billed for the tokens it had sent, and a non-streamed request whose
+  client went away for the tokens computed by then (Targets put a running `usage` on their
+  chunks);
 - **disconnects**: the request's work runs as a task that is cancelled when the client goes
   away (polled while nothing is sent yet; Starlette cancels a stream's writer), and closing
   a Target's iterator aborts everything it started: engine rows, upstream streams, a
@@ -104,7 +106,12 @@ class Dispatch:
         try:
             if not req.stream:
                 seen = tap(chunks, rec)  # a client gone before the answer is billed for what was computed
-                result = await until_disconnect(raw, collect_chat(seen) if chat else collect_completion(seen))
+                try:
+                    result = await until_disconnect(raw, collect_chat(seen) if chat else collect_completion(seen))
+                except Exception as exc:
+                    if not isinstance(exc, ClientDisconnectedError):
+                        rec.usage = Usage()  # a failed answer reached nobody: not billed
+                    raise
                 rec.served_by, rec.usage, rec.timing, rec.calls = (result.served_by, result.usage, result.timing,
                                                                    result.calls)
                 rec.status = 200
@@ -150,7 +157,8 @@ class Dispatch:
         try:
             target = self.catalog.resolve(req.model)
             engines = target.engines()
-            held = self._admit(caller, endpoint, req, target, engines, rid=rid, t0=t0, batch_id=batch_id)
+            # refusals are not recorded here: the runner retries a line the server has no room for
+            held = self._admit(caller, endpoint, req, target, engines, rid=rid, t0=t0, record_refusal=False)
             entered = True
             chunks = target.chat(req) if chat else target.complete(req)
             try:
@@ -172,17 +180,21 @@ class Dispatch:
                 self._end(rec, engines, t0, rid=rid, caller=caller, held=held, batch_id=batch_id, discount=discount)
 
     def _admit(self, caller, endpoint: str, req, target, engines, *, rid: str, t0: float,
-               batch_id: str | None = None):
+               record_refusal: bool = True):
         """The tenant checks (the key's models and limits: a cost reservation, returned) and
-        then the admission gate. A refusal is recorded like any request that ends (metrics,
-        and a ledger row with its status and no tokens), its reservation released, and raised."""
+        then the admission gate. A refusal releases the reservation and is raised; with
+        `record_refusal` it is recorded like any request that ends (metrics, and a ledger row
+        with its status and no tokens)."""
         held = None
         try:
             held = self.tenants.admit(caller, req.model, req, target, self.catalog) if self.tenants and caller else None
             self.admission.enter(engines)
         except APIError as exc:
-            self._record(RequestRecord(endpoint, req.model, "", exc.status), t0, rid=rid, caller=caller, held=held,
-                         batch_id=batch_id)
+            if record_refusal:
+                self._record(RequestRecord(endpoint, req.model, "", exc.status), t0, rid=rid, caller=caller,
+                             held=held, admitted=False)
+            elif held is not None:
+                self.tenants.limiter.settle(held, 0.0, 0)
             raise
         return held
 
@@ -192,9 +204,9 @@ class Dispatch:
         self._record(rec, t0, rid=rid, caller=caller, held=held, batch_id=batch_id, discount=discount)
 
     def _record(self, rec: RequestRecord, t0: float, *, rid: str, caller, held, batch_id: str | None = None,
-                discount: float = 0.0) -> None:
+                discount: float = 0.0, admitted: bool = True) -> None:
         rec.latency_s = time.monotonic() - t0
-        self.metrics.record(rec)
+        self.metrics.record(rec, admitted=admitted)
         if self.tenants is not None:
             u = rec.usage
             row = LedgerRow(rid, time.time(), caller.key_id if caller else None, rec.endpoint, rec.model, rec.served_by,

@@ -86,9 +86,11 @@ class Metrics:
         self.kv_usage.set_function(mean("kv_usage"))
         self.prefix_hit.set_function(mean("prefix_hit_ratio"))
 
-    def record(self, rec: RequestRecord) -> None:
-        """Count one request (see the module docstring)."""
-        self.e2e.observe(rec.latency_s)
+    def record(self, rec: RequestRecord, *, admitted: bool = True) -> None:
+        """Count one request (see the module docstring). A refused one (`admitted` False) is
+        counted but kept out of the latency histogram, which it would drag down under load."""
+        if admitted:
+            self.e2e.observe(rec.latency_s)
         self.model_requests.labels(rec.model, rec.served_by, str(rec.status)).inc()
         u = rec.usage
         self.prompt_tokens.inc(u.prompt_tokens)

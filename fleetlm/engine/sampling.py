@@ -2,7 +2,8 @@
 
 Order (as vLLM): raw logprobs (if asked) -> penalties -> greedy argmax, or temperature ->
 min_p / top_k / top_p -> one draw. A draw is an inverse-CDF lookup with one uniform number
-per row (`draw`), exact in fp64; a seeded sequence takes that number from its own generator
+per row (`draw`), exact up to the fp32 rounding of 512-entry block sums (~1e-7 of a
+block's mass); a seeded sequence takes that number from its own generator
 over a batch-independent candidate set, so its text does not depend on its batch neighbours.
 (The exponential race, argmax p / E, needs a random number per vocabulary entry: 5 ms a row
 for a 262k vocabulary on a CPU core, more than the rest of a decode step.)
@@ -76,11 +77,14 @@ def _filtered_candidates(probs: torch.Tensor, top_k: int, top_p: float, min_p: f
 def draw(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     """One token index per row of `probs` (N, V), non-negative and not necessarily normalised,
     drawn by inverse CDF with `u` (N,), uniform in [0, 1): the row's first index whose
-    cumulative mass exceeds u times its total. A zero-probability index is never returned."""
+    cumulative mass exceeds u times its total. A zero-probability index is never returned
+    from a row with some mass."""
+    if probs.device.type == "mps":  # no fp64 there: the lookup runs on the CPU
+        return draw(probs.cpu(), u.cpu()).to(probs.device)
     n, vocab = probs.shape
     if vocab % BLOCK:
         probs = torch.nn.functional.pad(probs, (0, BLOCK - vocab % BLOCK))
-    blocks = probs.view(n, -1, BLOCK)
+    blocks = probs.reshape(n, -1, BLOCK)
     # block sums in fp32 (relative error ~1e-7 of each block's own mass; an fp64 sum of the
     # whole row costs 30x more), accumulated across blocks in fp64
     cdf = blocks.sum(-1).to(torch.float64).cumsum(1)  # (N, blocks)
@@ -101,7 +105,8 @@ def draw(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
 
 
 def _uniform(gen: torch.Generator) -> torch.Tensor:
-    return torch.rand(1, generator=gen, dtype=torch.float64, device=gen.device)
+    fp64 = gen.device.type != "mps"  # (MPS has no float64)
+    return torch.rand(1, generator=gen, dtype=torch.float64 if fp64 else torch.float32, device=gen.device)
 
 
 def _softmax(rows: torch.Tensor, temperature: torch.Tensor) -> torch.Tensor:

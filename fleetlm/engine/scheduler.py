@@ -104,9 +104,7 @@ class Scheduler:
             hit = self.kv.lookup_prefix(seq)
             missing = self.kv.first_missing_hash(seq, hit)
             if missing is not None:
-                if in_flight is None:
-                    in_flight = {h for r in self.running if not (pause and r.params.priority > 0)
-                                 for h in self.kv.prompt_hashes_in_flight(r)}
+                in_flight = self._in_flight(pause) if in_flight is None else in_flight
                 if missing in in_flight:
                     continue  # a running prompt is computing its next blocks: hit them later
             if not self._take_lora_slot(seq):
@@ -126,6 +124,12 @@ class Scheduler:
             out.num_new_tokens.append(n)
             budget -= n
         return out
+
+    def _in_flight(self, pause: bool) -> set[bytes]:
+        """Hashes of the prompt blocks running sequences have yet to compute, leaving out the
+        background ones that sit this step out (a request must not wait on a paused one)."""
+        return {h for r in self.running if not (pause and r.params.priority > 0)
+                for h in self.kv.prompt_hashes_in_flight(r)}
 
     def _drafts(self, seq: Sequence, budget: int) -> list[int]:
         """Draft tokens for a decoding seq, never past its max_tokens, the context or the budget."""

@@ -50,14 +50,18 @@ def tokens_of(outs) -> list[list[int]]:
 SPREAD = dict(temperature=1.0, top_p=0.9, top_k=50, max_tokens=12, ignore_eos=True)
 
 
-def test_same_seed_same_tokens_alone_and_in_a_random_batch(llm):
+@pytest.mark.parametrize("spread", [SPREAD, dict(temperature=1.0, max_tokens=12, ignore_eos=True)],
+                         ids=["top-k-top-p", "temperature-only"])
+def test_same_seed_same_tokens_alone_and_in_a_random_batch(llm, spread):
+    """Filtered rows draw one by one; temperature-only rows draw together: in both a seeded
+    row's text does not depend on its neighbours."""
     prompt = random_prompts(1, seed=10)[0]
-    params = SamplingParams(seed=1234, **SPREAD)
+    params = SamplingParams(seed=1234, **spread)
     alone = tokens_of(llm.generate(prompt_token_ids=[prompt], sampling_params=params))[0]
     assert tokens_of(llm.generate(prompt_token_ids=[prompt], sampling_params=params))[0] == alone
     others = random_prompts(10, seed=11)
     g = torch.Generator().manual_seed(12)
-    other_params = [SamplingParams(**{**SPREAD, "max_tokens": int(torch.randint(1, 20, (1,), generator=g))},
+    other_params = [SamplingParams(**{**spread, "max_tokens": int(torch.randint(1, 20, (1,), generator=g))},
                                    seed=None if i % 2 else 100 + i) for i in range(10)]
     prompts = others[:4] + [prompt] + others[4:]
     plist = other_params[:4] + [params] + other_params[4:]
