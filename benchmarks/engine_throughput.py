@@ -311,7 +311,8 @@ def main() -> int:
     ap.add_argument("--device", default="auto", help="auto (cuda when available), cpu or cuda")
     ap.add_argument("--requests", type=int, default=None)
     ap.add_argument("--max-tokens", type=int, default=128)
-    ap.add_argument("--temperature", type=float, default=0.0, help="--profile: decode at this temperature (default greedy)")
+    ap.add_argument("--temperature", type=float, default=0.0,
+                    help="--profile: decode at this temperature (default greedy)")
     ap.add_argument("--dtype", default="auto")
     ap.add_argument("--hf-batch-sizes", default=None, help="comma list; default 8,16,32,64 (quick: 16)")
     ap.add_argument("--skip-hf", action="store_true")

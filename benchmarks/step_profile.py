@@ -147,7 +147,8 @@ def profile_decode_step(engine, prompts: list[list[int]], *, warmup: int = 3, ti
         walls.append(time.perf_counter() - t0)
     ctx = [len(p) for p in prompts]
     decoding = "greedy" if not temperature else f"temperature {temperature}"
-    title = (f"decode step profile: batch {len(prompts)} decodes ({decoding}), prompts of {min(ctx)}-{max(ctx)} tokens, device {dev.type}, dtype {str(engine.loaded.dtype).removeprefix('torch.')}, "
+    title = (f"decode step profile: batch {len(prompts)} decodes ({decoding}), prompts of {min(ctx)}-{max(ctx)} "
+             f"tokens, device {dev.type}, dtype {str(engine.loaded.dtype).removeprefix('torch.')}, "
              f"attention kernels: decode {_kernel_name(engine.runner.decode_kernel)}, "
              f"chunks {_kernel_name(engine.runner.chunk_kernel)}")
     instrument(engine)

@@ -108,9 +108,10 @@ class Dispatch:
                 seen = tap(chunks, rec)  # a client gone before the answer is billed for what was computed
                 try:
                     result = await until_disconnect(raw, collect_chat(seen) if chat else collect_completion(seen))
-                except Exception as exc:
-                    if not isinstance(exc, ClientDisconnectedError):
-                        rec.usage = Usage()  # a failed answer reached nobody: not billed
+                except ClientDisconnectedError:
+                    raise  # billed for the running usage `tap` kept
+                except Exception:
+                    rec.usage = Usage()  # a failed answer reached nobody: not billed
                     raise
                 rec.served_by, rec.usage, rec.timing, rec.calls = (result.served_by, result.usage, result.timing,
                                                                    result.calls)
